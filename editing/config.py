@@ -1,0 +1,198 @@
+"""Typed, validated configuration: model presets, the MEND editor, its trainer and the FT baselines.
+
+Every config is a frozen dataclass that validates itself in ``__post_init__`` and round-trips through
+JSON (``to_dict`` / ``from_dict``), so a resolved config can be logged next to the artifact it built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import Any, Literal, Self
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or out of range."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+class _Serializable:
+    """JSON round-trip for flat dataclasses; unknown keys are an error, never silently ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            item.name: list(value) if isinstance(value := getattr(self, item.name), tuple) else value
+            for item in fields(self)  # type: ignore[arg-type]
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        known = {item.name: item for item in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(known))
+        _require(not unknown, f"{cls.__name__}: unknown field(s) {unknown}")
+        converted = {
+            name: tuple(value) if isinstance(value, list) else value for name, value in values.items()
+        }
+        return cls(**converted)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ModelPreset(_Serializable):
+    """Which weights an editor may change, for one model family. Loaded from ``editing/presets/*.yaml``."""
+
+    family: str
+    model_types: tuple[str, ...]  # values of ``config.model_type`` this preset serves
+    blocks: str  # dotted path of the list of transformer blocks, e.g. "model.layers"
+    edit_layers: tuple[int, ...]  # block indices; negative counts from the last block
+    edit_weights: tuple[str, ...]  # parameter names relative to one block, e.g. "mlp.up_proj.weight"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.family), "ModelPreset.family must be non-empty")
+        _require(bool(self.model_types), f"preset {self.family}: model_types must be non-empty")
+        _require(bool(self.edit_layers), f"preset {self.family}: edit_layers must be non-empty")
+        _require(bool(self.edit_weights), f"preset {self.family}: edit_weights must be non-empty")
+        _require(len(set(self.edit_layers)) == len(self.edit_layers), "edit_layers has duplicates")
+
+    def layer_indices(self, num_blocks: int) -> tuple[int, ...]:
+        """Resolve (possibly negative) layer indices against a model with ``num_blocks`` blocks."""
+        resolved = sorted({index % num_blocks if index < 0 else index for index in self.edit_layers})
+        for index, original in zip(resolved, sorted(self.edit_layers, key=lambda i: i % num_blocks)):
+            _require(0 <= index < num_blocks, f"edit layer {original} outside 0..{num_blocks - 1}")
+        return tuple(resolved)
+
+    def weight_names(self, num_blocks: int) -> tuple[str, ...]:
+        """Full parameter names to edit, ordered by block then by ``edit_weights``."""
+        return tuple(
+            f"{self.blocks}.{layer}.{weight}"
+            for layer in self.layer_indices(num_blocks)
+            for weight in self.edit_weights
+        )
+
+    def with_layers(self, layers: tuple[int, ...]) -> ModelPreset:
+        return self.replace(edit_layers=tuple(layers))
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("editing") / "presets"
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_preset(family: str) -> ModelPreset:
+    """Load ``editing/presets/<family>.yaml``."""
+    path = resources.files("editing") / "presets" / f"{family}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {family!r}; available: {preset_names()}")
+    return ModelPreset.from_dict(yaml.safe_load(path.read_text()))
+
+
+def preset_for_model_type(model_type: str) -> ModelPreset:
+    """The preset whose ``model_types`` lists this HF ``config.model_type``."""
+    for family in preset_names():
+        preset = load_preset(family)
+        if model_type in preset.model_types:
+            return preset
+    raise ConfigError(
+        f"no preset serves model_type {model_type!r}; add one under editing/presets/ (have {preset_names()})"
+    )
+
+
+@dataclass(frozen=True)
+class EditorConfig(_Serializable):
+    """The MEND editor network (paper section 3, appendix C)."""
+
+    # Rank of each residual block; None means min(1920, input dim) as in the paper.
+    rank: int | None = None
+    num_blocks: int = 1
+    # "both" transforms concat(u, delta) jointly; the one-sided variants pass the other factor through.
+    transform: Literal["both", "u_only", "delta_only"] = "both"
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    normalize: bool = True  # standardise factors with running statistics collected during training
+    # Initial value of each edited weight's learned step size. Edits are W - step * pseudo_grad.
+    init_step_size: float = 1e-4
+    # Share one network across edited weights of the same shape, with per-layer scale and shift.
+    share_across_layers: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.rank is None or self.rank > 0, f"EditorConfig.rank must be positive, got {self.rank}")
+        _require(self.num_blocks >= 0, f"EditorConfig.num_blocks must be >= 0, got {self.num_blocks}")
+        _require(self.transform in ("both", "u_only", "delta_only"), f"bad transform {self.transform!r}")
+        _require(self.activation in ("relu", "gelu", "silu"), f"bad activation {self.activation!r}")
+        _require(
+            math.isfinite(self.init_step_size) and self.init_step_size >= 0,
+            f"EditorConfig.init_step_size must be finite and >= 0, got {self.init_step_size}",
+        )
+
+    def rank_for(self, dim: int) -> int:
+        return min(self.rank or 1920, dim)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """The editor's training loop. Defaults follow the paper where it gives a value."""
+
+    edit_loss_weight: float = 0.1  # weight of NLL(target | rephrase, edited weights)
+    locality_loss_weight: float = 1.0  # weight of KL(pre || post) on locality prompts
+    editor_lr: float = 1e-4
+    step_size_lr: float = 1e-4
+    batch_size: int = 4  # edits per training step, each applied on its own
+    grad_accumulation: int = 1
+    grad_clip: float = 100.0
+    max_steps: int = 10_000
+    max_minutes: float | None = None
+    val_every: int = 200
+    val_records: int = 100
+    early_stop_patience: int = 5  # validations without improvement before stopping; 0 disables
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    bf16_autocast: bool = True  # only used on CUDA
+    prefix_cache: bool = True
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("edit_loss_weight", "locality_loss_weight", "editor_lr", "step_size_lr", "grad_clip"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, f"TrainConfig.{name} must be finite and >= 0")
+        for name in ("batch_size", "grad_accumulation", "max_steps", "val_every", "val_records", "log_every"):
+            _require(getattr(self, name) >= 1, f"TrainConfig.{name} must be >= 1")
+        _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
+        _require(
+            self.max_minutes is None or self.max_minutes > 0, "TrainConfig.max_minutes must be positive"
+        )
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(_Serializable):
+    """FT and FT+KL baselines: Adam on the preset's weights for a fixed number of steps."""
+
+    steps: int = 10
+    lr: float = 1e-3
+    locality_kl_weight: float = 0.0  # 0 gives plain FT; > 0 gives FT+KL
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "FineTuneConfig.steps must be >= 1")
+        _require(math.isfinite(self.lr) and self.lr > 0, "FineTuneConfig.lr must be positive")
+        _require(self.locality_kl_weight >= 0, "FineTuneConfig.locality_kl_weight must be >= 0")
+
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model comes from: a local safetensors directory, a GGUF file, or a hub id."""
+
+    location: str
+    gguf_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,119 @@
+"""Teacher-forced batches: a prompt followed by the target whose tokens are scored.
+
+Targets are scored as the tokens that follow the prompt in the tokenisation of ``prompt + separator +
+target``. Datasets store targets without their leading space, and tokenising the target on its own
+gives different tokens (" Paris" is one token, "Paris" another), so we tokenise the whole string once
+and use character offsets to find where the target starts.
+
+Position convention (used everywhere): the logits at position ``t`` predict the token at ``t + 1``.
+``labels[b, t]`` holds the token id at ``t`` when that token is scored and ``IGNORE_INDEX`` otherwise,
+so the logits that score it sit at ``t - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+DEFAULT_SEPARATOR = " "
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded token ids with the positions to score."""
+
+    input_ids: torch.Tensor  # (batch, seq) long
+    attention_mask: torch.Tensor  # (batch, seq) long, 1 for real tokens
+    labels: torch.Tensor  # (batch, seq) long, IGNORE_INDEX where not scored
+
+    @property
+    def prediction_mask(self) -> torch.Tensor:
+        """(batch, seq - 1) bool: logits at ``[b, t]`` are scored (they predict token ``t + 1``)."""
+        return self.labels[:, 1:] != IGNORE_INDEX
+
+    @property
+    def scored_targets(self) -> torch.Tensor:
+        """(scored,) the token ids that the scored logits must predict, in row-major order."""
+        return self.labels[:, 1:][self.prediction_mask]
+
+    @property
+    def scored_example(self) -> torch.Tensor:
+        """(scored,) which example each scored position belongs to."""
+        rows = torch.arange(self.labels.shape[0], device=self.labels.device)[:, None]
+        return rows.expand_as(self.prediction_mask)[self.prediction_mask]
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: Sequence[int]) -> TokenBatch:
+        """A sub-batch of some examples, trimmed to its longest example."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        width = int(self.attention_mask[index].sum(dim=1).max())
+        return TokenBatch(
+            self.input_ids[index, :width], self.attention_mask[index, :width], self.labels[index, :width]
+        )
+
+
+def encode_example(tokenizer, prompt: str, target: str, separator: str = DEFAULT_SEPARATOR) -> tuple[list[int], int]:
+    """Token ids of ``prompt + separator + target`` and the index of the first target token."""
+    if not target:
+        raise ValueError(f"empty target for prompt {prompt!r}")
+    text = prompt + separator + target
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    boundary = len(prompt)
+    # The first token that ends past the prompt holds the separator or the target's first characters.
+    # Special tokens (offsets (0, 0)) never count as target tokens.
+    first_target = next(
+        (i for i, (start, end) in enumerate(offsets) if end > boundary and end > start), len(ids)
+    )
+    if first_target == 0:
+        raise ValueError(f"prompt {prompt!r} tokenises to nothing before its target")
+    if first_target >= len(ids):
+        raise ValueError(f"target {target!r} after prompt {prompt!r} produced no tokens")
+    return ids, first_target
+
+
+def encode_batch(
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    separator: str = DEFAULT_SEPARATOR,
+) -> TokenBatch:
+    """Right-padded batch of ``prompt + separator + target`` with only the target tokens scored."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if not prompts:
+        raise ValueError("cannot encode an empty batch")
+    encoded = [encode_example(tokenizer, p, t, separator) for p, t in zip(prompts, targets)]
+    width = max(len(ids) for ids, _ in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, first_target) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, first_target : len(ids)] = torch.tensor(ids[first_target:])
+    return TokenBatch(input_ids, attention_mask, labels)
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
+    """Batch for perplexity: every token after the first is scored."""
+    rows = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
+    width = max(len(ids) for ids in rows)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, 1 : len(ids)] = torch.tensor(ids[1:])
+    return TokenBatch(input_ids, attention_mask, labels)
