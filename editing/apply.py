@@ -70,7 +70,9 @@ class EditResult:
         merged = {}
         for name, delta in self.deltas.items():
             if delta.shape != parameters[name].shape:
-                raise ValueError(f"{name}: delta shape {tuple(delta.shape)} != {tuple(parameters[name].shape)}")
+                raise ValueError(
+                    f"{name}: delta shape {tuple(delta.shape)} != {tuple(parameters[name].shape)}"
+                )
             result = parameters[name] + delta.to(parameters[name])
             if not torch.isfinite(result).all():
                 raise NonFiniteEditError(f"edit of {name} produces non-finite weights; model left unchanged")

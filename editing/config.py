@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Literal, Self
 
@@ -66,10 +66,11 @@ class ModelPreset(_Serializable):
 
     def layer_indices(self, num_blocks: int) -> tuple[int, ...]:
         """Resolve (possibly negative) layer indices against a model with ``num_blocks`` blocks."""
-        resolved = sorted({index % num_blocks if index < 0 else index for index in self.edit_layers})
-        for index, original in zip(resolved, sorted(self.edit_layers, key=lambda i: i % num_blocks)):
-            _require(0 <= index < num_blocks, f"edit layer {original} outside 0..{num_blocks - 1}")
-        return tuple(resolved)
+        for index in self.edit_layers:
+            _require(
+                -num_blocks <= index < num_blocks, f"edit layer {index} outside a {num_blocks}-block model"
+            )
+        return tuple(sorted({index % num_blocks for index in self.edit_layers}))
 
     def weight_names(self, num_blocks: int) -> tuple[str, ...]:
         """Full parameter names to edit, ordered by block then by ``edit_weights``."""
@@ -85,7 +86,9 @@ class ModelPreset(_Serializable):
 
 def preset_names() -> list[str]:
     folder = resources.files("editing") / "presets"
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(
+        entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml")
+    )
 
 
 def load_preset(family: str) -> ModelPreset:
@@ -166,9 +169,7 @@ class TrainConfig(_Serializable):
         for name in ("batch_size", "grad_accumulation", "max_steps", "val_every", "val_records", "log_every"):
             _require(getattr(self, name) >= 1, f"TrainConfig.{name} must be >= 1")
         _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
-        _require(
-            self.max_minutes is None or self.max_minutes > 0, "TrainConfig.max_minutes must be positive"
-        )
+        _require(self.max_minutes is None or self.max_minutes > 0, "TrainConfig.max_minutes must be positive")
 
 
 @dataclass(frozen=True)
@@ -187,12 +188,3 @@ class FineTuneConfig(_Serializable):
 
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a base model comes from: a local safetensors directory, a GGUF file, or a hub id."""
-
-    location: str
-    gguf_file: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -139,7 +139,9 @@ def _parse_zsre(raw: dict[str, Any], fields_: _FieldReader) -> EditRecord:
     portability_probes: tuple[PromptAnswer, ...] = ()
     if portability:
         question, answer = portability.get("New Question"), portability.get("New Answer")
-        if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
+        if not (
+            isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()
+        ):
             raise fields_.fail("portability", "needs non-empty 'New Question' and 'New Answer'")
         portability_probes = (PromptAnswer(question, answer, "one_hop"),)
     return EditRecord(

@@ -58,7 +58,9 @@ def compute_prefix(model: nn.Module, blocks_path: str, first_block: int, batch: 
 
 
 @contextmanager
-def start_at_block(model: nn.Module, blocks_path: str, first_block: int, hidden: torch.Tensor) -> Iterator[None]:
+def start_at_block(
+    model: nn.Module, blocks_path: str, first_block: int, hidden: torch.Tensor
+) -> Iterator[None]:
     """Within the block, forward passes skip blocks below ``first_block`` and feed it ``hidden`` instead.
 
     The block list is swapped for one holding only the upper blocks under their original indices, so

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 def per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
     """(examples,) mean of ``values`` (scored,) within each example, given each position's example index."""
-    totals = torch.zeros(num_examples, dtype=values.dtype, device=values.device).index_add_(0, example, values)
+    totals = torch.zeros(num_examples, dtype=values.dtype, device=values.device).index_add_(
+        0, example, values
+    )
     counts = torch.bincount(example, minlength=num_examples).clamp(min=1).to(values.dtype)
     return totals / counts
 
@@ -18,7 +20,9 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def masked_nll(logits: torch.Tensor, targets: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
+def masked_nll(
+    logits: torch.Tensor, targets: torch.Tensor, example: torch.Tensor, num_examples: int
+) -> torch.Tensor:
     """Mean over examples of each example's mean target-token NLL (long targets do not dominate)."""
     return per_example_mean(token_nll(logits, targets), example, num_examples).mean()
 

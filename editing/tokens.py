@@ -60,7 +60,9 @@ class TokenBatch:
         )
 
 
-def encode_example(tokenizer, prompt: str, target: str, separator: str = DEFAULT_SEPARATOR) -> tuple[list[int], int]:
+def encode_example(
+    tokenizer, prompt: str, target: str, separator: str = DEFAULT_SEPARATOR
+) -> tuple[list[int], int]:
     """Token ids of ``prompt + separator + target`` and the index of the first target token."""
     if not target:
         raise ValueError(f"empty target for prompt {prompt!r}")
@@ -91,7 +93,7 @@ def encode_batch(
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     if not prompts:
         raise ValueError("cannot encode an empty batch")
-    encoded = [encode_example(tokenizer, p, t, separator) for p, t in zip(prompts, targets)]
+    encoded = [encode_example(tokenizer, p, t, separator) for p, t in zip(prompts, targets, strict=True)]
     width = max(len(ids) for ids, _ in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)

@@ -9,9 +9,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.tiny import TinyKind, make_tiny_model  # noqa: E402
+from tests.tiny import TinyKind, make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -59,9 +59,17 @@ def _build_model(kind: TinyKind, vocab_size: int):
 
     if kind is TinyKind.LLAMA:
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
         )
         return LlamaForCausalLM(config)
     config = GPT2Config(
