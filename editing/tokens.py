@@ -82,6 +82,25 @@ def encode_example(
     return ids, first_target
 
 
+def collate(encoded: Sequence[tuple[Sequence[int], int]], pad_id: int) -> TokenBatch:
+    """Right-pad ``(ids, first_scored_index)`` pairs into a batch; tokens from the index on are scored."""
+    if not encoded:
+        raise ValueError("cannot collate an empty batch")
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, first_scored) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, first_scored : len(ids)] = torch.as_tensor(ids[first_scored:])
+    return TokenBatch(input_ids, attention_mask, labels)
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_batch(
     tokenizer,
     prompts: Sequence[str],
@@ -91,31 +110,10 @@ def encode_batch(
     """Right-padded batch of ``prompt + separator + target`` with only the target tokens scored."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    if not prompts:
-        raise ValueError("cannot encode an empty batch")
     encoded = [encode_example(tokenizer, p, t, separator) for p, t in zip(prompts, targets, strict=True)]
-    width = max(len(ids) for ids, _ in encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (ids, first_target) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, first_target : len(ids)] = torch.tensor(ids[first_target:])
-    return TokenBatch(input_ids, attention_mask, labels)
+    return collate(encoded, pad_token_id(tokenizer))
 
 
 def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
     """Batch for perplexity: every token after the first is scored."""
-    rows = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
-    width = max(len(ids) for ids in rows)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, 1 : len(ids)] = torch.tensor(ids[1:])
-    return TokenBatch(input_ids, attention_mask, labels)
+    return collate([(tokenizer(text)["input_ids"], 1) for text in texts], pad_token_id(tokenizer))

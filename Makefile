@@ -1,0 +1,44 @@
+# Two commands for a newcomer: `make run` (the main job, embedded defaults, no services) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ../shared/data
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export MEND_DATA_DIR ?= $(abspath $(DATA_DIR))
+
+.PHONY: setup model lint test test-fast run benchmark clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+model: setup
+	$(BIN)/mend model pull
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: model lint
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not integration and not real_model"
+
+run: model
+	$(BIN)/mend eval --editor ft-kl --data $(DATA_DIR)/zsre_mend_portability/zsre_mend_eval_portability_gpt4.json --limit 20
+
+benchmark: model
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

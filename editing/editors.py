@@ -1,0 +1,26 @@
+"""The editors the CLI, the pipeline and the benchmarks can swap: one registry, no string dispatch elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from editing.apply import Editor
+from editing.models import LoadedModel
+
+EDITOR_NAMES = ("mend", "ft", "ft-kl")
+
+
+def build_editor(name: str, loaded: LoadedModel, *, editor_path: str | Path | None = None) -> Editor:
+    """An editor for ``loaded``. MEND needs a checkpoint trained for exactly this base model."""
+    if name == "mend":
+        from editing.checkpoint import load_editor
+
+        if editor_path is None:
+            raise ValueError("the mend editor needs --editor-path: a checkpoint from `mend train-editor`")
+        device = next(loaded.model.parameters()).device
+        return load_editor(editor_path, base_fingerprint=loaded.fingerprint, device=device)
+    if name in ("ft", "ft-kl"):
+        from editing.baselines import build_baseline
+
+        return build_baseline(name)
+    raise ValueError(f"unknown editor {name!r}; choose one of {', '.join(EDITOR_NAMES)}")

@@ -1,0 +1,62 @@
+"""A cache of frozen-prefix hidden states, keyed by token ids.
+
+The hidden state entering the lowest edited block depends only on the tokens (edits change nothing
+below it), so it is computed once per distinct sequence and reused by every pass and every epoch. With
+right padding and causal attention an example's real positions do not depend on what it is batched
+with, so the cache stores each sequence unpadded and re-pads on the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from editing.forward import compute_prefix
+from editing.tokens import TokenBatch, collate
+
+
+class PrefixCache:
+    def __init__(self, model: nn.Module, blocks_path: str, first_block: int, pad_id: int):
+        self.model, self.blocks_path, self.first_block, self.pad_id = model, blocks_path, first_block, pad_id
+        self._hidden: dict[tuple[int, ...], torch.Tensor] = {}  # ids -> (length, hidden)
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._hidden)
+
+    @staticmethod
+    def _key(batch: TokenBatch, row: int) -> tuple[int, ...]:
+        length = int(batch.attention_mask[row].sum())
+        return tuple(batch.input_ids[row, :length].tolist())
+
+    def _fill(self, keys: Sequence[tuple[int, ...]]) -> None:
+        """Compute the missing sequences in one batched pass."""
+        missing = list(dict.fromkeys(key for key in keys if key not in self._hidden))
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        if not missing:
+            return
+        device = next(self.model.parameters()).device
+        batch = collate([(list(key), len(key)) for key in missing], self.pad_id).to(device)
+        hidden = compute_prefix(self.model, self.blocks_path, self.first_block, batch)  # (n, seq, hidden)
+        for row, key in enumerate(missing):
+            self._hidden[key] = hidden[row, : len(key)].clone()
+
+    def prefix(self, batch: TokenBatch) -> tuple[str, int, torch.Tensor]:
+        """``(blocks_path, first_block, hidden (batch, seq, hidden))`` for ``scored_logits(prefix=...)``."""
+        keys = [self._key(batch, row) for row in range(len(batch))]
+        self._fill(keys)
+        first = self._hidden[keys[0]]
+        hidden = first.new_zeros((len(batch), batch.input_ids.shape[1], first.shape[-1]))
+        for row, key in enumerate(keys):
+            hidden[row, : len(key)] = self._hidden[key]
+        return self.blocks_path, self.first_block, hidden
+
+    def warm(self, sequences: Sequence[Sequence[int]], batch_size: int = 64) -> None:
+        """Precompute many sequences ahead of training, ``batch_size`` at a time."""
+        keys = [tuple(ids) for ids in sequences]
+        for start in range(0, len(keys), batch_size):
+            self._fill(keys[start : start + batch_size])

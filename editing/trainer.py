@@ -1,0 +1,205 @@
+"""Train a MEND editor: Adam on the network and (at its own learning rate) the step sizes.
+
+Progress leaves only through the ``on_metrics(step, metrics)`` and ``on_progress(step, total)``
+callbacks; the trainer never prints and knows nothing of tracking libraries.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from editing.config import TrainConfig
+from editing.editor_net import MendNetwork
+from editing.objective import LossWeights, editing_objective
+from editing.prefix import PrefixCache
+from editing.targets import EditScope
+from editing.tokens import TokenBatch, pad_token_id
+from editing.training_data import TrainingExample
+
+LOGGER = logging.getLogger(__name__)
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that an exact resume needs."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    position: int = 0  # next index into this epoch's permutation
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    validations_without_improvement: int = 0
+    skipped_steps: int = 0
+    elapsed_seconds: float = 0.0
+    stop_reason: str = ""
+    validations: list[dict[str, float]] = field(default_factory=list)
+
+
+class EditorTrainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        scope: EditScope,
+        network: MendNetwork,
+        train_examples: Sequence[TrainingExample],
+        val_examples: Sequence[TrainingExample],
+        config: TrainConfig,
+        *,
+        on_metrics: MetricsCallback | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ):
+        if not train_examples or not val_examples:
+            raise ValueError("need at least one training and one validation example")
+        self.device = pick_device(config.device)
+        self.model, self.scope, self.config = model.to(self.device), scope, config
+        self.network = network.to(self.device)
+        self.train_examples, self.val_examples = (
+            list(train_examples),
+            list(val_examples)[: config.val_records],
+        )
+        self.pad_id = pad_token_id(tokenizer)
+        self.on_metrics, self.on_progress = on_metrics or (lambda *_: None), on_progress or (lambda *_: None)
+        step_sizes = [network.step_sizes]
+        editor_parameters = [p for name, p in network.named_parameters() if name != "step_sizes"]
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": editor_parameters, "lr": config.editor_lr},
+                {"params": step_sizes, "lr": config.step_size_lr},
+            ]
+        )
+        self.cache = PrefixCache(model, scope.blocks_path, scope.first_block, self.pad_id)
+        self.state = TrainerState()
+        self.best_network: dict[str, torch.Tensor] | None = None
+        self.weights = LossWeights(config.edit_loss_weight, config.locality_loss_weight)
+
+    def _prefix_for(self, batch: TokenBatch):
+        return self.cache.prefix(batch) if self.config.prefix_cache else None
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.bf16_autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _next_batch(self) -> list[TrainingExample]:
+        """Examples in a per-epoch permutation derived from the seed, so resuming needs no RNG state."""
+        batch = []
+        while len(batch) < self.config.batch_size:
+            order = torch.randperm(
+                len(self.train_examples),
+                generator=torch.Generator().manual_seed(self.config.seed + self.state.epoch),
+            )
+            batch.append(self.train_examples[int(order[self.state.position])])
+            self.state.position += 1
+            if self.state.position == len(self.train_examples):
+                self.state.epoch, self.state.position = self.state.epoch + 1, 0
+        return batch
+
+    def objective(self, examples: Sequence[TrainingExample], *, with_rewrite: bool = False):
+        with self._autocast():
+            return editing_objective(
+                self.model, self.scope, self.network, examples, pad_id=self.pad_id,
+                prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
+            )  # fmt: skip
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accumulation`` batches; non-finite steps are skipped."""
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for _ in range(self.config.grad_accumulation):
+            loss, metrics = self.objective(self._next_batch())
+            (loss / self.config.grad_accumulation).backward()
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value / self.config.grad_accumulation
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip))
+        if math.isfinite(grad_norm) and math.isfinite(totals["loss"]):
+            self.optimizer.step()
+        else:
+            self.state.skipped_steps += 1
+            LOGGER.warning("step %d: non-finite loss or gradient, skipped", self.state.step)
+        self.state.step += 1
+        totals["grad_norm"] = grad_norm
+        totals["step_size_mean"] = float(self.network.step_sizes.detach().mean())
+        return totals
+
+    def validate(self) -> dict[str, float]:
+        """Single edits on the held-out examples: edit, rephrase and locality success, and the loss."""
+        self.network.eval()
+        totals: dict[str, float] = {}
+        for start in range(0, len(self.val_examples), self.config.batch_size):
+            chunk = self.val_examples[start : start + self.config.batch_size]
+            with torch.no_grad():
+                _, metrics = self.objective(chunk, with_rewrite=True)
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value * len(chunk)
+        return {name: value / len(self.val_examples) for name, value in totals.items()}
+
+    def _after_validation(self, metrics: dict[str, float]) -> bool:
+        """Record a validation; returns True when early stopping should end training."""
+        self.state.validations.append({"step": self.state.step, **metrics})
+        self.on_metrics(self.state.step, {f"val/{name}": value for name, value in metrics.items()})
+        if metrics["loss"] < self.state.best_val_loss:
+            self.state.best_val_loss, self.state.best_step = metrics["loss"], self.state.step
+            self.state.validations_without_improvement = 0
+            self.best_network = copy.deepcopy(self.network.state_dict())
+            return False
+        self.state.validations_without_improvement += 1
+        patience = self.config.early_stop_patience
+        return patience > 0 and self.state.validations_without_improvement >= patience
+
+    def fit(self, on_checkpoint: Callable[[EditorTrainer], None] | None = None) -> TrainerState:
+        """Train until the step budget, the time budget or early stopping; keeps the best network."""
+        if not self.state.validations:
+            self._after_validation(self.validate())  # the untrained editor is the baseline to beat
+        budget = self.config.max_minutes * 60 if self.config.max_minutes else math.inf
+        started = time.monotonic() - self.state.elapsed_seconds
+        while not self.state.stop_reason:
+            metrics = self.train_step()
+            self.state.elapsed_seconds = time.monotonic() - started
+            if self.state.step % self.config.log_every == 0:
+                self.on_metrics(self.state.step, {f"train/{name}": value for name, value in metrics.items()})
+            self.on_progress(self.state.step, self.config.max_steps)
+            if self.state.step % self.config.val_every == 0 and self._after_validation(self.validate()):
+                self.state.stop_reason = "early_stopping"
+            elif self.state.step >= self.config.max_steps:
+                self.state.stop_reason = "max_steps"
+            elif time.monotonic() - started >= budget:
+                self.state.stop_reason = "max_minutes"
+            if on_checkpoint is not None and (
+                self.state.stop_reason or self.state.step % self.config.val_every == 0
+            ):
+                on_checkpoint(self)
+        last_validated = self.state.validations[-1]["step"]
+        if self.state.stop_reason != "early_stopping" and last_validated != self.state.step:
+            self._after_validation(self.validate())  # the steps since the last validation count too
+        if self.best_network is not None:
+            self.network.load_state_dict(self.best_network)
+        LOGGER.info("stopped after %d steps (%s)", self.state.step, self.state.stop_reason)
+        return self.state
+
+    def summary(self) -> dict[str, Any]:
+        summary = asdict(self.state)
+        summary["prefix_cache"] = {
+            "entries": len(self.cache),
+            "hits": self.cache.hits,
+            "misses": self.cache.misses,
+        }
+        return summary

@@ -1,0 +1,106 @@
+"""Train an editor for a base model from edit records, end to end (used by the CLI and the pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editing.checkpoint import load_trainer_state, save_editor
+from editing.config import EditorConfig, TrainConfig
+from editing.data import EditRecord
+from editing.editor import MendEditor
+from editing.editor_net import MendNetwork
+from editing.models import LoadedModel
+from editing.targets import resolve_scope
+from editing.trainer import EditorTrainer, MetricsCallback
+from editing.training_data import encode_training_examples
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    checkpoint_dir: Path
+    summary: dict[str, Any]
+
+
+def split_records(
+    records: Sequence[EditRecord], val_count: int, seed: int
+) -> tuple[list[EditRecord], list[EditRecord]]:
+    """Hold out ``val_count`` records (chosen with ``seed``) for validation."""
+    if len(records) <= val_count:
+        raise ValueError(f"need more than {val_count} records to hold out {val_count} for validation")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    val = [records[i] for i in order[:val_count]]
+    train = [records[i] for i in order[val_count:]]
+    return train, val
+
+
+def train_editor(
+    loaded: LoadedModel,
+    train_records: Sequence[EditRecord],
+    val_records: Sequence[EditRecord],
+    out_dir: str | Path,
+    *,
+    train_config: TrainConfig = TrainConfig(),
+    editor_config: EditorConfig = EditorConfig(),
+    resume: bool = False,
+    on_metrics: MetricsCallback | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TrainingRun:
+    """Train (or resume) a MEND editor for ``loaded`` and save it to ``out_dir`` after each validation."""
+    out_dir = Path(out_dir)
+    scope = resolve_scope(loaded.model)
+    torch.manual_seed(train_config.seed)
+    network = MendNetwork(scope.layers, editor_config)
+    trainer = EditorTrainer(
+        loaded.model,
+        loaded.tokenizer,
+        scope,
+        network,
+        encode_training_examples(loaded.tokenizer, train_records),
+        encode_training_examples(loaded.tokenizer, val_records),
+        train_config,
+        on_metrics=on_metrics,
+        on_progress=on_progress,
+    )
+    if resume and (out_dir / "trainer_state.json").is_file():
+        load_trainer_state(out_dir, trainer)
+        trainer.state.stop_reason = ""
+        LOGGER.info("resumed from %s at step %d", out_dir, trainer.state.step)
+
+    def checkpoint(current: EditorTrainer) -> None:
+        save_editor(
+            out_dir,
+            MendEditor(current.network, scope),
+            base_fingerprint=loaded.fingerprint,
+            model_type=loaded.model.config.model_type,
+            metrics=_final_metrics(current),
+            train_config=train_config.to_dict(),
+            trainer=current,
+        )
+
+    trainer.fit(on_checkpoint=checkpoint)
+    checkpoint(trainer)  # the best network, now loaded into the trainer
+    return TrainingRun(out_dir, trainer.summary())
+
+
+def _final_metrics(trainer: EditorTrainer) -> dict[str, Any]:
+    best = min(trainer.state.validations, key=lambda v: v["loss"]) if trainer.state.validations else {}
+    return {
+        "step": trainer.state.step,
+        "best_step": trainer.state.best_step,
+        "stop_reason": trainer.state.stop_reason,
+        "elapsed_seconds": trainer.state.elapsed_seconds,
+        "untrained": trainer.state.validations[0] if trainer.state.validations else {},
+        "best": best,
+        "train_examples": len(trainer.train_examples),
+        "val_examples": len(trainer.val_examples),
+    }

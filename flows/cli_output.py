@@ -1,0 +1,106 @@
+"""Rendering for the ``mend`` command line (rich tables and progress); no editing logic lives here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+AGGREGATE_COLUMNS = (
+    "rewrite_acc",
+    "rephrase_acc",
+    "locality_unchanged",
+    "locality_kl",
+    "portability_acc",
+    "score",
+)
+
+
+def _format(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_edit_report(evaluation, *, title: str, max_rows: int = 20) -> None:
+    """Per-record before/after predictions, then the aggregate metrics."""
+    table = Table(title=title, show_lines=False)
+    for column in ("record", "prompt", "target", "before", "after", "rewrite", "rephrase", "locality"):
+        table.add_column(column, overflow="fold")
+    for row in evaluation.rows[:max_rows]:
+        table.add_row(
+            row["record_id"],
+            row["prompt"],
+            row["target_new"],
+            row.get("prediction_before", ""),
+            row.get("prediction_after", ""),
+            _format(row["rewrite_acc"]),
+            _format(row["rephrase_acc"]),
+            _format(row["locality_unchanged"]),
+        )
+    console.print(table)
+    if len(evaluation.rows) > max_rows:
+        console.print(f"... {len(evaluation.rows) - max_rows} more rows")
+    summary = Table(title="aggregates (mean over records)")
+    for column in AGGREGATE_COLUMNS:
+        summary.add_column(column)
+    summary.add_row(*(_format(evaluation.aggregates.get(column)) for column in AGGREGATE_COLUMNS))
+    console.print(summary)
+
+
+def train_with_progress(data, out, model, max_minutes, max_steps, val_records, limit, resume, config_path):
+    """Read the data, train with a progress bar, return the trainer summary."""
+    from editing.config import EditorConfig, TrainConfig
+    from editing.data import read_records
+    from editing.models import load_model
+    from editing.training import split_records, train_editor
+
+    overrides = json.loads(Path(config_path).read_text()) if config_path else {}
+    train_config = TrainConfig.from_dict(
+        {
+            **overrides.get("train", {}),
+            "max_steps": max_steps,
+            "max_minutes": max_minutes,
+            "val_records": val_records,
+        }
+    )
+    editor_config = EditorConfig.from_dict(overrides.get("editor", {}))
+    records = [record for path in data for record in read_records(path, limit=limit).records]
+    train_records, held_out = split_records(records, val_records, train_config.seed)
+    loaded = load_model(model)
+    columns = (
+        TextColumn("training editor"),
+        BarColumn(),
+        TextColumn("step {task.completed}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("train", total=max_steps)
+        run = train_editor(
+            loaded, train_records, held_out, out, train_config=train_config, editor_config=editor_config,
+            resume=resume, on_progress=lambda step, _total: progress.update(task, completed=step),
+        )  # fmt: skip
+    return {"checkpoint": str(run.checkpoint_dir), **run.summary}
+
+
+def print_training_summary(summary: dict[str, Any]) -> None:
+    validations = summary.get("validations", [])
+    table = Table(title=f"editor training: {summary['step']} steps, stopped by {summary['stop_reason']}")
+    for column in ("step", "loss", "rewrite_acc", "rephrase_acc", "locality_unchanged"):
+        table.add_column(column)
+    for row in validations:
+        table.add_row(
+            *(
+                _format(row.get(column))
+                for column in ("step", "loss", "rewrite_acc", "rephrase_acc", "locality_unchanged")
+            )
+        )
+    console.print(table)
+    console.print(f"checkpoint: {summary['checkpoint']}  (best step {summary['best_step']})")

@@ -1,0 +1,94 @@
+"""Editor training: prefix-cache exactness, learning on a tiny model, exact resume from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editing.checkpoint import load_editor, load_trainer_state, save_editor
+from editing.config import EditorConfig, TrainConfig
+from editing.data import read_records
+from editing.editor import MendEditor
+from editing.editor_net import MendNetwork
+from editing.targets import resolve_scope
+from editing.trainer import EditorTrainer
+from editing.training_data import TrainingDataError, encode_training_examples
+
+COUNTERFACT_TRAIN = (
+    Path(__file__).resolve().parents[3] / "shared/data/counterfact_easyedit_splits/counterfact-train.json"
+)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return read_records(COUNTERFACT_TRAIN, limit=120).records
+
+
+def _trainer(loaded, records, **overrides) -> EditorTrainer:
+    examples = encode_training_examples(loaded.tokenizer, records)
+    scope = resolve_scope(loaded.model)
+    torch.manual_seed(0)
+    network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3))
+    settings = {"batch_size": 4, "editor_lr": 1e-3, "step_size_lr": 1e-3, "val_every": 10, "val_records": 16}
+    config = TrainConfig(**{**settings, **overrides})
+    return EditorTrainer(loaded.model, loaded.tokenizer, scope, network, examples[16:], examples[:16], config)
+
+
+def _editor_gradients(trainer: EditorTrainer, examples) -> tuple[float, dict[str, torch.Tensor]]:
+    trainer.network.zero_grad(set_to_none=True)
+    trainer.network.eval()  # frozen normalisers: both runs see identical statistics
+    loss, _ = trainer.objective(examples)
+    loss.backward()
+    return float(loss), {
+        n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None
+    }
+
+
+def test_prefix_cache_gives_the_same_loss_and_gradients(tiny_model, records):
+    trainer = _trainer(tiny_model, records)
+    examples = trainer.train_examples[:4]
+    cached_loss, cached = _editor_gradients(trainer, examples)
+    assert len(trainer.cache) > 0  # the cached path really ran
+    trainer.config = trainer.config.replace(prefix_cache=False)
+    plain_loss, plain = _editor_gradients(trainer, examples)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert cached.keys() == plain.keys() and cached
+    for name in cached:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-7)
+
+
+def test_training_lowers_validation_loss_and_beats_the_untrained_editor(tiny_llama, records):
+    trainer = _trainer(tiny_llama, records, max_steps=40)
+    state = trainer.fit()
+    untrained, best = state.validations[0], min(state.validations, key=lambda v: v["loss"])
+    assert best["loss"] < untrained["loss"]
+    assert best["rephrase_acc"] > untrained["rephrase_acc"]
+    assert best["rewrite_acc"] > untrained["rewrite_acc"]
+    assert state.stop_reason == "max_steps" and state.step == 40
+
+
+def test_resume_from_checkpoint_is_exact(tiny_gpt2, records, tmp_path):
+    straight = _trainer(tiny_gpt2, records, max_steps=12, val_every=6, early_stop_patience=0)
+    straight.fit()
+
+    first = _trainer(tiny_gpt2, records, max_steps=6, val_every=6, early_stop_patience=0)
+    first.fit()
+    scope, fingerprint = first.scope, tiny_gpt2.fingerprint
+    save_editor(tmp_path / "ckpt", MendEditor(first.network, scope), base_fingerprint=fingerprint,
+                model_type="gpt2", trainer=first)  # fmt: skip
+    resumed = _trainer(tiny_gpt2, records, max_steps=12, val_every=6, early_stop_patience=0)
+    load_trainer_state(tmp_path / "ckpt", resumed)
+    resumed.state.stop_reason = ""
+    resumed.fit()
+    assert resumed.state.step == straight.state.step == 12
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.equal(tensor, resumed.network.state_dict()[name]), name
+    assert load_editor(tmp_path / "ckpt", base_fingerprint=fingerprint).network.step_sizes.shape == (6,)
+
+
+def test_training_record_without_locality_names_record_and_field(tiny_llama, records):
+    broken = records[0].__class__(**{**records[0].__dict__, "locality": ()})
+    with pytest.raises(TrainingDataError, match=f"record {broken.record_id}: field 'locality'"):
+        encode_training_examples(tiny_llama.tokenizer, [broken])
