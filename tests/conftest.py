@@ -11,22 +11,28 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import pytest
 
-from tests.tiny import TinyKind, make_tiny_model
+# torch and transformers load only when a test asks for a tiny model, so pure-I/O tests start fast.
+
+
+def _tiny(kind_name: str):
+    from tests.tiny import TinyKind, make_tiny_model
+
+    return make_tiny_model(TinyKind(kind_name))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 4-block random Llama with a SentencePiece-style (metaspace) tokenizer."""
-    return make_tiny_model(TinyKind.LLAMA)
+    return _tiny("llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
     """A 4-block random GPT-2 (Conv1D MLPs) with a byte-level BPE tokenizer."""
-    return make_tiny_model(TinyKind.GPT2)
+    return _tiny("gpt2")
 
 
-@pytest.fixture(params=[TinyKind.LLAMA, TinyKind.GPT2], ids=lambda kind: kind.value, scope="session")
+@pytest.fixture(params=["llama", "gpt2"], scope="session")
 def tiny_model(request):
     """Each tiny model in turn: tests using it run once per architecture."""
-    return make_tiny_model(request.param)
+    return _tiny(request.param)
