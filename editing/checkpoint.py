@@ -81,6 +81,16 @@ def save_editor(
     return directory
 
 
+def export_editor(source: str | Path, target: str | Path) -> Path:
+    """Copy just the editor (weights + description) out of a training checkpoint, for deployment."""
+    source, target = Path(source), Path(target)
+    read_description(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (EDITOR_TENSORS, EDITOR_JSON):
+        shutil.copyfile(source / name, target / name)
+    return target
+
+
 def read_description(directory: str | Path) -> dict[str, Any]:
     description = json.loads((Path(directory) / EDITOR_JSON).read_text())
     if description.get("format") != FORMAT:

@@ -44,7 +44,8 @@ class EditRecord:
     portability: tuple[PromptAnswer, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON types (lists, not tuples): the project's JSONL format, read back by ``from_json``."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> EditRecord:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from editing.apply import Editor
+from editing.data import PromptAnswer
 from editing.models import LoadedModel
 
 EDITOR_NAMES = ("mend", "ft", "ft-kl")
 
 
-def build_editor(name: str, loaded: LoadedModel, *, editor_path: str | Path | None = None) -> Editor:
-    """An editor for ``loaded``. MEND needs a checkpoint trained for exactly this base model."""
+def build_editor(
+    name: str,
+    loaded: LoadedModel,
+    *,
+    editor_path: str | Path | None = None,
+    kl_reference: Sequence[PromptAnswer] = (),
+) -> Editor:
+    """An editor for ``loaded``. MEND needs a checkpoint trained for exactly this base model; FT+KL
+    keeps ``kl_reference`` prompts in place (by default each record's own locality probes)."""
     if name == "mend":
         from editing.checkpoint import load_editor
 
@@ -22,5 +31,5 @@ def build_editor(name: str, loaded: LoadedModel, *, editor_path: str | Path | No
     if name in ("ft", "ft-kl"):
         from editing.baselines import build_baseline
 
-        return build_baseline(name)
+        return build_baseline(name, kl_reference=kl_reference)
     raise ValueError(f"unknown editor {name!r}; choose one of {', '.join(EDITOR_NAMES)}")

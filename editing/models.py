@@ -42,6 +42,7 @@ _VOLATILE_CONFIG_KEYS = {
     "dtype",
     "torch_dtype",
     "quantization_config",
+    "architectures",  # written by save_pretrained; the weights and settings say what the model computes
 }
 
 
@@ -135,6 +136,10 @@ def load_model(
         if not (source / "config.json").is_file():
             raise ModelNotAvailableError(f"default model not found in {source}; run `mend model pull` first")
     path = Path(source)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelNotAvailableError(
+            f"{path}: no config.json; not a model directory (config.json + safetensors)"
+        )
     if path.is_dir():
         model, tokenizer = _load_from_directory(path, dtype)
     elif path.is_file() and path.suffix == ".gguf":

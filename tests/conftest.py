@@ -11,6 +11,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import pytest
 
+pytest_plugins = ["tests.integration.mlflow_fixtures"]
+
 # torch and transformers load only when a test asks for a tiny model, so pure-I/O tests start fast.
 
 

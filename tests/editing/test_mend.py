@@ -13,7 +13,7 @@ from editing.apply import NonFiniteEditError
 from editing.checkpoint import EditorMismatchError, load_editor, save_editor
 from editing.config import EditorConfig
 from editing.data import EditRecord, PromptAnswer
-from editing.editor import MendEditor, capture_edit_factors, compose_deltas, transform_factors
+from editing.editor import MendEditor, capture_edit_factors, transform_factors
 from editing.editor_net import MendNetwork
 from editing.hooks import Orientation, capture_factors, describe_layer, outer_sum
 from editing.targets import resolve_scope
@@ -70,10 +70,12 @@ def test_captured_factors_reproduce_weight_grad_exactly(tiny_model):
 
 def test_capture_without_backward_reports_missing_gradient(tiny_llama):
     scope = resolve_scope(tiny_llama.model)
-    with pytest.raises(RuntimeError, match="no gradient reached"):
-        with capture_factors(tiny_llama.model, scope.weight_names) as capture:
-            tiny_llama.model(input_ids=torch.tensor([[3, 4, 5]]))
-            capture.factors()
+    with (
+        pytest.raises(RuntimeError, match="no gradient reached"),
+        capture_factors(tiny_llama.model, scope.weight_names) as capture,
+    ):
+        tiny_llama.model(input_ids=torch.tensor([[3, 4, 5]]))
+        capture.factors()
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "conv1d"])

@@ -1,0 +1,63 @@
+"""Quality benchmark: a MEND editor trained within a time budget on the CounterFact train split,
+against FT, FT+KL and the unedited model, with single edits on the CounterFact val split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from editing.checkpoint import load_editor
+from editing.config import TrainConfig
+from editing.data import read_records
+from editing.editors import build_editor
+from editing.evaluate import evaluate_edit, run_single_edits
+from editing.models import LoadedModel
+from editing.training import split_records, train_editor
+
+LOGGER = logging.getLogger(__name__)
+TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"
+VAL_FILE = "counterfact_easyedit_splits/counterfact-val.json"
+
+
+def train_or_reuse(
+    loaded: LoadedModel, data_dir: Path, editor_dir: Path, minutes: float, device: str, on_metrics=None
+) -> dict[str, Any]:
+    """Train an editor for at most ``minutes`` unless ``editor_dir`` already holds one for this model."""
+    if (editor_dir / "editor.json").is_file():
+        load_editor(editor_dir, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
+        LOGGER.info("reusing the editor in %s", editor_dir)
+        return {"reused": str(editor_dir)}
+    records = read_records(data_dir / TRAIN_FILE).records
+    train, held_out = split_records(records, 200, seed=0)
+    config = TrainConfig(
+        max_minutes=minutes, max_steps=1_000_000, val_every=500, val_records=200, device=device
+    )
+    started = time.perf_counter()
+    run = train_editor(loaded, train, held_out, editor_dir, train_config=config, on_metrics=on_metrics)
+    return {**run.summary, "wall_seconds": time.perf_counter() - started, "train_records": len(train)}
+
+
+def evaluate_editors(
+    loaded: LoadedModel, data_dir: Path, editor_dir: Path, editors: list[str], count: int, on_progress=None
+) -> dict[str, Any]:
+    """Aggregates per editor; "unedited" scores the model itself (its locality is 1 by definition)."""
+    records = read_records(data_dir / VAL_FILE, limit=count).records
+    results: dict[str, Any] = {}
+    for name in editors:
+        started = time.perf_counter()
+        if name == "unedited":
+            evaluation = evaluate_edit(loaded.model, loaded.model, loaded.tokenizer, records)
+        else:
+            editor = build_editor(name, loaded, editor_path=editor_dir if name == "mend" else None)
+            progress = (
+                (lambda done, total, name=name: on_progress(name, done, total)) if on_progress else None
+            )
+            evaluation = run_single_edits(
+                editor, loaded.model, loaded.tokenizer, records, on_progress=progress
+            )
+        seconds = time.perf_counter() - started
+        results[name] = {"aggregates": evaluation.aggregates, "seconds": seconds, "rows": evaluation.rows}
+        LOGGER.info("%s: %s (%.0f s)", name, evaluation.aggregates, seconds)
+    return results

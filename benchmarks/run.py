@@ -1,0 +1,93 @@
+"""Run the benchmarks and write JSON + Markdown + PNG plots under ``benchmarks/results/``.
+
+python -m benchmarks.run                       # speed, then quality (60-minute editor)
+python -m benchmarks.run --suite speed
+python -m benchmarks.run --suite quality --train-minutes 60 --eval-records 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import report
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _machine(device: str) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", choices=["speed", "quality", "all"], default="all")
+    parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-minutes", type=float, default=60.0)
+    parser.add_argument("--eval-records", type=int, default=500)
+    parser.add_argument("--editors", default="unedited,mend,ft,ft-kl")
+    parser.add_argument("--editor-dir", type=Path, default=Path("benchmarks/work/editor"))
+    parser.add_argument("--speed-records", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--tag", default="", help="suffix for result file names, e.g. 'gpu'")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from editing.data import read_records
+    from editing.models import load_model
+
+    loaded = load_model(args.model, device=args.device)
+    suffix = f"-{args.tag}" if args.tag else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = {"machine": _machine(args.device), "device": args.device, "model": args.model,
+              "fingerprint": loaded.fingerprint, "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+    if args.suite in ("speed", "all"):
+        from benchmarks.quality import TRAIN_FILE, train_or_reuse
+        from benchmarks.speed import edit_latency, training_step_speed
+        from editing.checkpoint import load_editor
+
+        records = read_records(args.data_dir / TRAIN_FILE, limit=args.speed_records).records
+        train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)
+        editor = load_editor(args.editor_dir, base_fingerprint=loaded.fingerprint, device=args.device)
+        speed = {**header, "edit_latency": edit_latency(loaded, editor, records, repeats=5),
+                 "training_step": training_step_speed(loaded, records, batch_size=4, repeats=5)}  # fmt: skip
+        (args.out / f"speed{suffix}.json").write_text(json.dumps(speed, indent=2))
+        report.write_speed(speed, args.out, suffix)
+
+    if args.suite in ("quality", "all"):
+        from benchmarks.quality import evaluate_editors, train_or_reuse
+
+        training = train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)
+        results = evaluate_editors(
+            loaded, args.data_dir, args.editor_dir, args.editors.split(","), args.eval_records
+        )
+        rows = {name: result.pop("rows") for name, result in results.items()}
+        quality = {**header, "training": training, "eval_records": args.eval_records, "editors": results}
+        (args.out / f"quality{suffix}.json").write_text(json.dumps(quality, indent=2, default=float))
+        (args.out / f"quality{suffix}-rows.json").write_text(json.dumps(rows, default=str))
+        report.write_quality(quality, args.out, suffix)
+
+
+if __name__ == "__main__":
+    main()
