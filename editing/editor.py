@@ -35,6 +35,7 @@ class CapturedEdit:
     token_mask: torch.Tensor  # (batch, seq) bool: tokens whose logits carry loss
     loss: torch.Tensor  # scalar: summed per-example mean NLL of the targets before the edit
     gradients: dict[str, torch.Tensor]  # exact weight gradients, for diagnostics
+    logits: torch.Tensor  # (scored, vocab) detached pre-edit logits of every example in the batch
 
     @property
     def row_example(self) -> torch.Tensor:
@@ -51,22 +52,37 @@ def loss_token_mask(batch: TokenBatch) -> torch.Tensor:
 
 
 def capture_edit_factors(
-    model: nn.Module, scope: EditScope, batch: TokenBatch, prefix: Prefix | None = None
+    model: nn.Module,
+    scope: EditScope,
+    batch: TokenBatch,
+    prefix: Prefix | None = None,
+    *,
+    edit_examples: int | None = None,
 ) -> CapturedEdit:
     """One forward and backward pass of the edit loss, recording ``u`` and ``delta`` per edited weight.
 
     Each example's loss is its mean target-token NLL and the batch loss is their *sum*, so an example's
-    factors are exactly those of its own loss: a batch captures independent edits in one pass.
+    factors are exactly those of its own loss: a batch captures independent edits in one pass. Only the
+    first ``edit_examples`` examples (default: all) are edits; later ones just ride along to get their
+    pre-edit logits from the same pass.
     """
+    edit_examples = len(batch) if edit_examples is None else edit_examples
     parameters = named_parameters(model, scope.weight_names)
     leaves = {name: parameter.detach().requires_grad_(True) for name, parameter in parameters.items()}
     with capture_factors(model, scope.weight_names) as capture, torch.enable_grad():
         logits = scored_logits(model, batch, weights=leaves, prefix=prefix)  # (scored, vocab)
-        nll = token_nll(logits, batch.scored_targets)  # (scored,)
-        loss = per_example_mean(nll, batch.scored_example, len(batch)).sum()
+        is_edit = batch.scored_example < edit_examples  # (scored,)
+        nll = token_nll(logits[is_edit], batch.scored_targets[is_edit])  # (edit scored,)
+        loss = per_example_mean(nll, batch.scored_example[is_edit], edit_examples).sum()
         gradients = torch.autograd.grad(loss, list(leaves.values()))
+    token_mask = loss_token_mask(batch)
+    token_mask[edit_examples:] = False
     return CapturedEdit(
-        capture.factors(), loss_token_mask(batch), loss.detach(), dict(zip(leaves, gradients, strict=True))
+        capture.factors(),
+        token_mask,
+        loss.detach(),
+        dict(zip(leaves, gradients, strict=True)),
+        logits.detach(),
     )
 
 
@@ -74,11 +90,11 @@ def transform_factors(
     network: MendNetwork, captured: CapturedEdit
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per weight: (u_tilde (rows, d_in), delta_tilde (rows, d_out)) for the tokens that carry loss."""
-    transformed = {}
+    rows = {}
     for name, factors in captured.factors.items():
         u, delta = factors.rows(captured.token_mask)  # (rows, d_in), (rows, d_out)
-        transformed[name] = network.transform(name, u.float(), delta.float())
-    return transformed
+        rows[name] = (u.float(), delta.float())
+    return network.transform(rows)
 
 
 def compose_deltas(
@@ -96,10 +112,29 @@ def compose_deltas(
     return deltas
 
 
-def edited_weights(model: nn.Module, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``W + delta`` for ``functional_call``; differentiable with respect to the deltas."""
-    parameters = named_parameters(model, list(deltas))
-    return {name: parameters[name] + delta.to(parameters[name].dtype) for name, delta in deltas.items()}
+def edited_weights(
+    model: nn.Module,
+    network: MendNetwork,
+    transformed: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    rows: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``W - step * sum_rows(delta_tilde u_tilde^T)`` per weight for ``functional_call``, differentiable
+    in the transformed factors and step sizes. The step scales the (few) rows before the product, and
+    the product is added to ``W`` in the same pass, so no separate delta matrix is ever built."""
+    parameters = named_parameters(model, list(transformed))
+    weights = {}
+    for name, (u_tilde, delta_tilde) in transformed.items():
+        if rows is not None:
+            u_tilde, delta_tilde = u_tilde[rows], delta_tilde[rows]
+        weight = parameters[name]
+        scaled_u = -network.step_size(name) * u_tilde  # (rows, d_in)
+        weights[name] = outer_sum(
+            scaled_u.to(weight.dtype),
+            delta_tilde.to(weight.dtype),
+            network.layers[name].orientation,
+            base=weight,
+        )
+    return weights
 
 
 class MendEditor:

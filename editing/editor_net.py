@@ -70,7 +70,8 @@ class ResidualLowRankBlock(nn.Module):
         self.shift = nn.Parameter(torch.zeros(num_layers, rank))
         self.activation = _ACTIVATIONS[activation]()
 
-    def forward(self, rows: torch.Tensor, layer: int) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+        """rows: (rows, dim), layer: (rows,) index of the edited weight each row belongs to."""
         hidden = self.down(rows) * self.scale[layer] + self.shift[layer]  # (rows, rank)
         return rows + self.up(self.activation(hidden))  # (rows, dim)
 
@@ -89,13 +90,19 @@ class FactorTransform(nn.Module):
             ResidualLowRankBlock(dim, rank, num_layers, config.activation) for _ in range(config.num_blocks)
         )
 
-    def _network(self, rows: torch.Tensor, layer: int) -> torch.Tensor:
+    def _network(self, rows: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             rows = block(rows, layer)
         return rows
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """u: (rows, d_in), delta: (rows, d_out) -> u_tilde (rows, d_in), delta_tilde (rows, d_out)."""
+    def forward(
+        self, u: torch.Tensor, delta: torch.Tensor, layer: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u: (rows, d_in), delta: (rows, d_out), layer: (rows,) -> u_tilde (rows, d_in), delta_tilde (rows, d_out).
+
+        Rows of every edited weight sharing this transform go through in one call (fewer, larger
+        matrix products); ``layer`` picks each row's learned scale and shift.
+        """
         if self.training and self.u_normalizer is not None:
             self.u_normalizer.update(u)
             self.delta_normalizer.update(delta)
@@ -139,10 +146,31 @@ class MendNetwork(nn.Module):
         self.weight_names = [layer.weight_name for layer in layers]
 
     def transform(
-        self, weight_name: str, u: torch.Tensor, delta: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        key, layer_index = self.routing[weight_name]
-        return self.transforms[key](u, delta, layer_index)
+        self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per weight: (u (rows, d_in), delta (rows, d_out)) -> (u_tilde, delta_tilde).
+
+        One call per shared transform: the rows of all its weights go through together (fewer, larger
+        matrix products), each row with its own weight's scale and shift.
+        """
+        transformed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for key, transform in self.transforms.items():
+            names = [name for name in factors if self.routing[name][0] == key]
+            if not names:
+                continue
+            counts = [factors[name][0].shape[0] for name in names]
+            device = factors[names[0]][0].device
+            layer = torch.repeat_interleave(
+                torch.tensor([self.routing[name][1] for name in names]), torch.tensor(counts)
+            ).to(device)  # (rows,)
+            u = torch.cat([factors[name][0] for name in names])  # (rows, d_in)
+            delta = torch.cat([factors[name][1] for name in names])  # (rows, d_out)
+            u_tilde, delta_tilde = transform(u, delta, layer)
+            for name, u_part, delta_part in zip(
+                names, u_tilde.split(counts), delta_tilde.split(counts), strict=True
+            ):
+                transformed[name] = (u_part, delta_part)
+        return transformed
 
     def step_size(self, weight_name: str) -> torch.Tensor:
         return self.step_sizes[self.weight_names.index(weight_name)]

@@ -110,6 +110,23 @@ def final_hidden(
     return output.last_hidden_state
 
 
+def scored_hidden(
+    model: nn.Module,
+    batch: TokenBatch,
+    *,
+    weights: Mapping[str, torch.Tensor] | None = None,
+    prefix: tuple[str, int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(scored, hidden) final hidden states at the scored positions, before the vocabulary projection."""
+    if prefix is None:
+        hidden = final_hidden(model, batch, weights)
+    else:
+        blocks_path, first_block, prefix_hidden = prefix
+        with start_at_block(model, blocks_path, first_block, prefix_hidden):
+            hidden = final_hidden(model, batch, weights)
+    return hidden[:, :-1][batch.prediction_mask]  # (scored, hidden)
+
+
 def scored_logits(
     model: nn.Module,
     batch: TokenBatch,
@@ -122,11 +139,4 @@ def scored_logits(
     ``weights`` overrides parameters by full name (e.g. an edit's ``W + step * grad``); ``prefix`` is
     ``(blocks_path, first_block, hidden)`` from ``compute_prefix`` on the same batch.
     """
-    if prefix is None:
-        hidden = final_hidden(model, batch, weights)
-    else:
-        blocks_path, first_block, prefix_hidden = prefix
-        with start_at_block(model, blocks_path, first_block, prefix_hidden):
-            hidden = final_hidden(model, batch, weights)
-    picked = hidden[:, :-1][batch.prediction_mask]  # (scored, hidden)
-    return model.get_output_embeddings()(picked)  # (scored, vocab)
+    return model.get_output_embeddings()(scored_hidden(model, batch, weights=weights, prefix=prefix))

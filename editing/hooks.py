@@ -58,14 +58,17 @@ def describe_layer(model: nn.Module, weight_name: str) -> LayerInfo:
     )
 
 
-def outer_sum(u: torch.Tensor, delta: torch.Tensor, orientation: Orientation) -> torch.Tensor:
-    """Sum over rows of the outer products, laid out like the weight.
+def outer_sum(
+    u: torch.Tensor, delta: torch.Tensor, orientation: Orientation, base: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over rows of the outer products, laid out like the weight (plus ``base`` when given, fused).
 
     u: (rows, d_in), delta: (rows, d_out) -> (d_out, d_in) for OUT_IN, (d_in, d_out) for IN_OUT.
     """
-    if orientation is Orientation.OUT_IN:
-        return delta.transpose(0, 1) @ u  # (d_out, rows) @ (rows, d_in) -> (d_out, d_in)
-    return u.transpose(0, 1) @ delta  # (d_in, rows) @ (rows, d_out) -> (d_in, d_out)
+    left, right = (delta, u) if orientation is Orientation.OUT_IN else (u, delta)
+    if base is None:
+        return left.transpose(0, 1) @ right  # (d_out, rows) @ (rows, d_in) -> (d_out, d_in) for OUT_IN
+    return torch.addmm(base, left.transpose(0, 1), right)  # base + the same product, in one pass
 
 
 @dataclass(frozen=True)

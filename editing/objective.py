@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editing.editor import capture_edit_factors, compose_deltas, edited_weights, transform_factors
+from editing.editor import capture_edit_factors, edited_weights, transform_factors
 from editing.editor_net import MendNetwork
-from editing.forward import scored_logits
-from editing.losses import token_kl, token_nll
+from editing.forward import scored_hidden
+from editing.losses import per_example_mean, token_kl, token_nll
+from editing.lowrank import low_rank_edits, per_example_updates
 from editing.targets import EditScope
 from editing.tokens import TokenBatch, collate
 from editing.training_data import TrainingExample
@@ -30,8 +31,9 @@ class LossWeights:
     locality: float
 
 
-def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((logits.argmax(dim=-1) == targets).float().mean()) if targets.numel() else float("nan")
+def _accuracy(predictions: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, count: int) -> float:
+    """Mean over examples of each example's token accuracy."""
+    return float(per_example_mean((predictions == targets).float(), owner, count).mean())
 
 
 def editing_objective(
@@ -44,47 +46,87 @@ def editing_objective(
     prefix_for: PrefixFn,
     weights: LossWeights,
     with_rewrite: bool = False,
+    batched: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``.
 
     Gradients flow into the network (and step sizes) through the edited weights; the base model and the
     captured factors are constants. ``with_rewrite`` also scores the edit prompt itself (validation).
+    ``batched`` runs every example's edited pass in one forward (``editing.lowrank``); otherwise each
+    example gets its own ``functional_call`` with ``W + delta`` (the reference; same result, slower).
     """
     device = next(model.parameters()).device
-    edit_batch = collate([example.edit for example in examples], pad_id).to(device)
-    captured = capture_edit_factors(model, scope, edit_batch, prefix_for(edit_batch))
+    count = len(examples)
+    # One pass gives the edits' factors and, riding along, the locality prompts' pre-edit logits.
+    first_batch = collate([e.edit for e in examples] + [e.locality for e in examples], pad_id).to(device)
+    captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=count)
     transformed = transform_factors(network, captured)
     row_example = captured.row_example
+    locality_before = captured.logits[first_batch.scored_example >= count]  # (locality scored, vocab)
 
-    locality_batch = collate([example.locality for example in examples], pad_id).to(device)
-    with torch.no_grad():
-        locality_before = scored_logits(model, locality_batch, prefix=prefix_for(locality_batch))
+    # Each example is edited on its own, but the vocabulary projection (the costliest layer of a small
+    # model, and memory-bound at a few rows) runs once for all examples' scored positions.
+    post_pass = _batched_post_pass if batched else _per_example_post_pass
+    hidden, role, owner, target = post_pass(
+        model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite
+    )
+    logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
-    total = torch.zeros((), device=device)
-    sums = {"edit_loss": 0.0, "locality_kl": 0.0, "rephrase_acc": 0.0, "locality_unchanged": 0.0}
+    rephrase, locality = role == 0, role == 1
+    edit_loss = per_example_mean(token_nll(logits[rephrase], target[rephrase]), owner[rephrase], count)
+    locality_kl = per_example_mean(token_kl(locality_before, logits[locality]), owner[locality], count)
+    total = (weights.edit * edit_loss + weights.locality * locality_kl).mean()
+    predictions = logits.detach().argmax(dim=-1)
+    metrics = {
+        "loss": float(total.detach()),
+        "edit_loss": float(edit_loss.detach().mean()),
+        "locality_kl": float(locality_kl.detach().mean()),
+        "rephrase_acc": _accuracy(predictions[rephrase], target[rephrase], owner[rephrase], count),
+        "locality_unchanged": _accuracy(
+            predictions[locality], locality_before.argmax(dim=-1), owner[locality], count
+        ),
+    }
     if with_rewrite:
-        sums["rewrite_acc"] = 0.0
+        rewrite = role == 2
+        metrics["rewrite_acc"] = _accuracy(predictions[rewrite], target[rewrite], owner[rewrite], count)
+    return total, metrics
+
+
+def _post_sequences(examples: Sequence[TrainingExample], with_rewrite: bool):
+    """The sequences scored after each edit, with their example and role (0 rephrase, 1 locality, 2 edit)."""
+    sequences, owners, roles = [], [], []
     for index, example in enumerate(examples):
-        deltas = compose_deltas(network, transformed, rows=row_example == index)
+        chosen = [example.rephrase, example.locality] + ([example.edit] if with_rewrite else [])
+        sequences += chosen
+        owners += [index] * len(chosen)
+        roles += list(range(len(chosen)))
+    return sequences, owners, roles
+
+
+def _batched_post_pass(model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite):
+    sequences, owners, roles = _post_sequences(examples, with_rewrite)
+    device = row_example.device
+    batch = collate(sequences, pad_id).to(device)
+    sequence_example = torch.tensor(owners, device=device)
+    updates = per_example_updates(network, transformed, row_example, len(examples), sequence_example)
+    with low_rank_edits(model, network.layers, updates):
+        hidden = scored_hidden(model, batch, prefix=prefix_for(batch))  # (scored, hidden)
+    position_sequence = batch.scored_example
+    role = torch.tensor(roles, device=device)[position_sequence]
+    return hidden, role, sequence_example[position_sequence], batch.scored_targets
+
+
+def _per_example_post_pass(
+    model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite
+):
+    device = row_example.device
+    hidden, roles, owners, targets = [], [], [], []
+    for index, example in enumerate(examples):
         sequences = [example.rephrase, example.locality] + ([example.edit] if with_rewrite else [])
-        post_batch = collate(sequences, pad_id).to(device)
-        logits = scored_logits(
-            model, post_batch, weights=edited_weights(model, deltas), prefix=prefix_for(post_batch)
-        )
-        role, targets = post_batch.scored_example, post_batch.scored_targets
-        edit_loss = token_nll(logits[role == 0], targets[role == 0]).mean()
-        before = locality_before[locality_batch.scored_example == index]
-        locality_kl = token_kl(before, logits[role == 1]).mean()
-        total = total + weights.edit * edit_loss + weights.locality * locality_kl
-        sums["edit_loss"] += float(edit_loss.detach())
-        sums["locality_kl"] += float(locality_kl.detach())
-        sums["rephrase_acc"] += _accuracy(logits[role == 0], targets[role == 0])
-        sums["locality_unchanged"] += float(
-            (logits[role == 1].argmax(-1) == before.argmax(-1)).float().mean()
-        )
-        if with_rewrite:
-            sums["rewrite_acc"] += _accuracy(logits[role == 2], targets[role == 2])
-    count = len(examples)
-    metrics = {name: value / count for name, value in sums.items()}
-    metrics["loss"] = float(total) / count
-    return total / count, metrics
+        batch = collate(sequences, pad_id).to(device)
+        weights_after = edited_weights(model, network, transformed, rows=row_example == index)
+        hidden.append(scored_hidden(model, batch, weights=weights_after, prefix=prefix_for(batch)))
+        roles.append(batch.scored_example)
+        owners.append(torch.full_like(batch.scored_example, index))
+        targets.append(batch.scored_targets)
+    return torch.cat(hidden), torch.cat(roles), torch.cat(owners), torch.cat(targets)

@@ -117,6 +117,7 @@ class EditorTrainer:
             return editing_objective(
                 self.model, self.scope, self.network, examples, pad_id=self.pad_id,
                 prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
+                batched=self.config.batched_edits,
             )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:

@@ -92,3 +92,14 @@ def test_training_record_without_locality_names_record_and_field(tiny_llama, rec
     broken = records[0].__class__(**{**records[0].__dict__, "locality": ()})
     with pytest.raises(TrainingDataError, match=f"record {broken.record_id}: field 'locality'"):
         encode_training_examples(tiny_llama.tokenizer, [broken])
+
+
+def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, records):
+    trainer = _trainer(tiny_model, records)
+    examples = trainer.train_examples[:4]
+    batched_loss, batched = _editor_gradients(trainer, examples)
+    trainer.config = trainer.config.replace(batched_edits=False)
+    reference_loss, reference = _editor_gradients(trainer, examples)
+    assert batched_loss == pytest.approx(reference_loss, rel=1e-5)
+    for name in reference:
+        torch.testing.assert_close(batched[name], reference[name], rtol=1e-4, atol=1e-7)
