@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from editing.apply import Editor
 from editing.data import PromptAnswer
@@ -18,6 +19,7 @@ def build_editor(
     *,
     editor_path: str | Path | None = None,
     kl_reference: Sequence[PromptAnswer] = (),
+    **baseline_settings: Any,
 ) -> Editor:
     """An editor for ``loaded``. MEND needs a checkpoint trained for exactly this base model; FT+KL
     keeps ``kl_reference`` prompts in place (by default each record's own locality probes)."""
@@ -31,5 +33,5 @@ def build_editor(
     if name in ("ft", "ft-kl"):
         from editing.baselines import build_baseline
 
-        return build_baseline(name, kl_reference=kl_reference)
+        return build_baseline(name, kl_reference=kl_reference, **baseline_settings)
     raise ValueError(f"unknown editor {name!r}; choose one of {', '.join(EDITOR_NAMES)}")

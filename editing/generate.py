@@ -47,6 +47,11 @@ def _check_prompts(prompts: Sequence[str]) -> None:
             raise ValueError(f"prompt {index}: expected a non-empty string, got {prompt!r}")
 
 
+def context_length(model: nn.Module) -> int | None:
+    """How many positions the model can attend over, when its config says."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def _cut(text: str, stop_at_newline: bool) -> str:
     # Leading newlines are kept out of the cut: a model that opens with a line break still answers.
     text = text.lstrip()
@@ -91,6 +96,12 @@ def greedy_complete(
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
     lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+    limit = context_length(model)
+    for index, length in enumerate(lengths):
+        if limit is not None and length + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {index}: {length} tokens + {max_new_tokens} new ones exceed the context of {limit}"
+            )
     order = sorted(range(len(prompts)), key=lambda index: (lengths[index], index))
     completions: list[str] = [""] * len(prompts)
     with _eval_mode(model):

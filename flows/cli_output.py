@@ -104,3 +104,72 @@ def print_training_summary(summary: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(f"checkpoint: {summary['checkpoint']}  (best step {summary['best_step']})")
+
+
+def print_seed(seeded) -> None:
+    if seeded.already_seeded:
+        console.print(
+            f"demo flags: already seeded ({seeded.wrong} of {seeded.asked} questions were answered wrongly)"
+        )
+        return
+    console.print(f"demo flags: asked {seeded.asked} questions, flagged {seeded.wrong} wrong answers, e.g.")
+    for example in seeded.examples:
+        console.print(
+            f"  {example['prompt']!r} -> {example['answer']!r} (correction: {example['correction']!r})"
+        )
+
+
+def print_fix_summary(outcome) -> None:
+    """What a fix run did: flags consumed, edits applied, the gate, and where to look in MLflow."""
+    from tasks.tracking import configure_tracking
+
+    settings, summary = outcome.settings, outcome.summary
+    counts = summary.counts if summary else {}
+    if summary and summary.gate_passed is None:
+        console.print(f"fix run {outcome.run_id}: no new flags ({_counts(counts)}); nothing to fix")
+        return
+    if counts:
+        console.print(f"flags: {_counts(counts)}")
+    evaluation = outcome.evaluation or {}
+    console.print(f"edits applied: {evaluation.get('edits', summary.edits_applied if summary else '?')} "
+                  f"(editor {settings.editor}{', ' + summary.editor_uri if summary and summary.editor_uri else ''})")  # fmt: skip
+    table = Table(title=f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}")
+    for column in ("expectation", "result", "observed", "threshold"):
+        table.add_column(column)
+    for item in outcome.gate:
+        verdict = "pass" if item["passed"] else "FAIL"
+        if not item.get("applicable", True):
+            verdict = "n/a"
+        table.add_row(item["name"], verdict, _format(item.get("observed")), _format(item.get("threshold")))
+    console.print(table)
+    uri = configure_tracking(settings.tracking_uri)
+    if summary and summary.candidate_version:
+        console.print(f"registered {settings.registered_model} version {summary.candidate_version} as 'candidate'; "
+                      f"approve and promote with: mend promote --version {summary.candidate_version} --approve --approver YOU")  # fmt: skip
+    else:
+        console.print(
+            "nothing registered: the new flags are marked failed_gate with the failing expectations"
+        )
+    run = summary.mlflow_run_id if summary else "(see the fix-run in experiment mend-fix)"
+    console.print(f"MLflow: tracking {uri}, run {run}")
+    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}")
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{name} {value}" for name, value in counts.items())
+
+
+def print_status(settings) -> None:
+    from collections import Counter
+
+    from tasks.ledger import Ledger
+    from tasks.registry import champion_version
+    from tasks.storage import open_store
+
+    console.print(
+        f"champion: {settings.registered_model} version {champion_version(settings.registered_model, tracking_uri=settings.tracking_uri)}"
+    )
+    states = Ledger(open_store(settings.store_uri)).states()
+    console.print(
+        "flags by state: " + (_counts(Counter(entry.state.value for entry in states.values())) or "none")
+    )

@@ -1,9 +1,123 @@
-"""Pipeline commands of the ``mend`` CLI (flag, fix, promote, rollback); registered by ``flows.cli``."""
+"""Pipeline commands of the ``mend`` CLI: flag, fix, demo, promote, rollback, status."""
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
+
+EXIT_GATE_FAILED = 3
+
+
+def _settings():
+    from tasks.settings import FixSettings
+
+    return FixSettings.from_env()
+
+
+def _prefect_home() -> None:
+    """Keep Prefect's local state (the ephemeral API's database) with the rest of the pipeline's state."""
+    from tasks.tracking import mend_home
+
+    os.environ.setdefault("PREFECT_HOME", str(mend_home() / "prefect"))
 
 
 def register(app: typer.Typer) -> None:
-    """Attach the pipeline commands (filled in as the pipeline lands)."""
+    @app.command("flag")
+    def flag(
+        prompt: Annotated[str, typer.Option(help="the input the model answered wrongly")],
+        correction: Annotated[str, typer.Option(help="the right answer")],
+        prediction: Annotated[str, typer.Option(help="what the model answered")] = "",
+        paraphrase: Annotated[
+            list[str] | None, typer.Option(help="same question, other words (repeatable)")
+        ] = None,
+        subject: Annotated[str | None, typer.Option(help="what the fact is about")] = None,
+        reason: Annotated[str, typer.Option(help="why it is wrong")] = "wrong answer",
+        reporter: Annotated[str, typer.Option(help="who flags it")] = os.environ.get("USER", "cli"),
+        model_version: Annotated[
+            str | None, typer.Option(help="version that answered (default: champion)")
+        ] = None,
+    ) -> None:
+        """Flag a wrong prediction: append it to the flag log and emit `mend.prediction.flagged`."""
+        from tasks.events import flag_prediction
+
+        _prefect_home()
+        flag = flag_prediction(
+            _settings(), prompt=prompt, correction=correction, prediction=prediction,
+            paraphrases=tuple(paraphrase or ()), subject=subject, reason=reason, reporter=reporter,
+            model_version=model_version,
+        )  # fmt: skip
+        typer.echo(f"flagged {flag.flag_id}")
+
+    @app.command("fix")
+    def fix() -> None:
+        """Run the nightly fix now (ephemeral Prefect unless PREFECT_API_URL points at a server)."""
+        from flows.cli_output import print_fix_summary
+        from flows.runs import run_fix
+
+        _prefect_home()
+        outcome = run_fix(_settings())
+        print_fix_summary(outcome)
+        if outcome.gate_failed:
+            raise typer.Exit(EXIT_GATE_FAILED)
+
+    @app.command("demo")
+    def demo() -> None:
+        """The main job: seed flags from the model's wrong answers, train an editor if none, run the fix."""
+        from flows.cli_output import print_fix_summary, print_seed
+        from flows.demo import seed_demo_flow
+        from flows.runs import run_fix
+
+        _prefect_home()
+        settings = _settings()
+        print_seed(seed_demo_flow())
+        print_fix_summary(run_fix(settings))
+
+    @app.command("promote")
+    def promote(
+        version: Annotated[str, typer.Option(help="registered model version to promote")],
+        approve: Annotated[bool, typer.Option(help="record your approval first")] = False,
+        approver: Annotated[str | None, typer.Option(help="who approves / promotes")] = None,
+    ) -> None:
+        """Move `champion` to VERSION; only for a version whose gate passed and that a person approved."""
+        from flows.promote import promote_flow
+
+        _prefect_home()
+        record = promote_flow(version=version, approver=approver, approve=approve)
+        typer.echo(f"champion is now version {record['version']} (was {record['previous_champion']}), "
+                   f"promoted by {record['promoted_by']}; {record['flags_promoted']} flag(s) promoted")  # fmt: skip
+
+    @app.command("rollback")
+    def rollback() -> None:
+        """Move `champion` back to the previous champion."""
+        from flows.promote import rollback_flow
+
+        _prefect_home()
+        typer.echo(f"champion is now version {rollback_flow()}")
+
+    @app.command("status")
+    def status() -> None:
+        """Champion, candidate and the state of every flag."""
+        from flows.cli_output import print_status
+
+        print_status(_settings())
+
+    @app.command("complete")
+    def complete(
+        version: Annotated[
+            str, typer.Option(help="version number or alias (champion, candidate)")
+        ] = "champion",
+        prompt: Annotated[list[str] | None, typer.Option(help="prompt to complete (repeatable)")] = None,
+    ) -> None:
+        """Load a registered version (base + changed tensors, checksum verified) and complete prompts."""
+        from editing.generate import greedy_complete
+
+        from tasks.models import load_version
+
+        settings = _settings()
+        loaded = load_version(settings, version).loaded
+        for text, answer in zip(
+            prompt or [], greedy_complete(loaded.model, loaded.tokenizer, prompt or []), strict=True
+        ):
+            typer.echo(f"{text!r} -> {answer!r}")

@@ -1,0 +1,104 @@
+"""The nightly fix: flagged predictions -> edit dataset -> editor -> edited candidate -> evaluation ->
+gate -> registered candidate in MLflow. Composition only; every step is a task in ``tasks/``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+
+from tasks.apply import apply_task
+from tasks.candidate import register_task
+from tasks.dataset import assemble_task
+from tasks.editor import find_editor_task
+from tasks.evaluate import evaluate_task
+from tasks.extract import extract_task
+from tasks.gate import gate_task
+from tasks.models import ensure_base_task
+from tasks.report import metrics_task, track_task
+from tasks.settings import FixSettings
+from tasks.tracking import configure_tracking, fix_run, log_params
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class FixSummary:
+    run_id: str
+    mlflow_run_id: str = ""
+    champion_version: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    edits_applied: int = 0
+    gate_passed: bool | None = None  # None when there was nothing to gate
+    gate: list[dict[str, Any]] = field(default_factory=list)
+    candidate_version: str | None = None
+    editor_uri: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    store_prefix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _run_id() -> str:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else uuid.uuid4().hex
+
+
+@flow(name="nightly-fix")
+def nightly_fix(overrides: dict[str, Any] | None = None) -> FixSummary:
+    """Turn pending flags into a gated candidate; a failing gate raises (and registers nothing)."""
+    from flows.train_editor import train_editor_flow
+
+    settings = FixSettings.from_env(**(overrides or {}))
+    configure_tracking(settings.tracking_uri)
+    run_id = _run_id()
+    summary = FixSummary(run_id, store_prefix=f"runs/{run_id}")
+    base = ensure_base_task(settings)
+    summary.champion_version = base.champion_version
+    with fix_run(run_name=f"fix-{summary.run_id[:8]}", tags={"mend.run_id": summary.run_id}) as mlflow_run_id:
+        summary.mlflow_run_id = mlflow_run_id
+        log_params({"champion_version": base.champion_version, "base_fingerprint": base.fingerprint,
+                    "editor": settings.editor, "thresholds": settings.thresholds().to_dict(),
+                    "store": settings.store_uri}, run_id=mlflow_run_id)  # fmt: skip
+        extracted = extract_task(settings, summary.run_id, settings.registered_model)
+        summary.counts = extracted.counts
+        log_params({"flags": extracted.counts}, run_id=mlflow_run_id)
+        if not extracted.flag_ids:
+            get_run_logger().info("no new flags: nothing to fix")
+            track_task(settings, mlflow_run_id, {"quarantine": extracted.quarantine_key})
+            return summary
+        dataset = assemble_task(settings, summary.run_id, extracted.flags_key, base.champion_version)
+        if settings.editor == "mend":
+            summary.editor_uri = find_editor_task(settings, base.fingerprint) or train_editor_flow(
+                overrides=overrides
+            )
+        snapshot = apply_task(
+            settings,
+            summary.run_id,
+            dataset.dataset,
+            summary.editor_uri,
+            base.champion_version,
+            extracted.flag_ids,
+        )
+        summary.edits_applied = len(extracted.flag_ids)
+        evaluation = evaluate_task(
+            settings, summary.run_id, dataset.dataset, dataset.retention, snapshot, base.champion_version
+        )
+        summary.summary = metrics_task(settings, mlflow_run_id, evaluation.summary)
+        artifacts = {"dataset": f"runs/{summary.run_id}/edit_dataset.jsonl", "evaluation": evaluation.prefix,
+                     "quarantine": extracted.quarantine_key}  # fmt: skip
+        try:
+            verdict = gate_task(settings, summary.run_id, evaluation, extracted.new_flag_ids)
+        finally:  # the gate's result and Data Docs are logged whether it passed or not
+            track_task(settings, mlflow_run_id, {**artifacts, "gate": f"runs/{summary.run_id}/gate"})
+        summary.gate_passed, summary.gate = verdict.passed, verdict.outcomes
+        summary.candidate_version = register_task(
+            settings, summary.run_id, mlflow_run_id, snapshot, base.champion_version,
+            extracted.new_flag_ids, extracted.carried_flag_ids,
+        )  # fmt: skip
+    return summary

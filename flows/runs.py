@@ -1,0 +1,36 @@
+"""Run the nightly fix from the command line and collect what to report, whether or not the gate passed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.nightly_fix import FixSummary, nightly_fix
+from tasks.settings import FixSettings
+
+
+@dataclass
+class FixOutcome:
+    run_id: str
+    settings: FixSettings
+    summary: FixSummary | None  # None when the gate failed (the flow raised)
+    gate_failed: bool = False
+    gate: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def run_fix(settings: FixSettings) -> FixOutcome:
+    """Run ``nightly_fix``; a failed gate comes back as an outcome, any other failure raises."""
+    from expectations.gate import GateFailed
+    from tasks.storage import open_store
+
+    state = nightly_fix(return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    try:
+        summary: FixSummary = state.result()
+    except GateFailed as failure:
+        store = open_store(settings.store_uri)
+        summary_key = f"runs/{run_id}/evaluation/summary.json"
+        evaluation = store.read_json(summary_key) if store.exists(summary_key) else {}
+        return FixOutcome(run_id, settings, None, True, failure.result.to_dict()["expectations"], evaluation)
+    return FixOutcome(run_id, settings, summary, False, summary.gate, summary.summary)

@@ -1,0 +1,150 @@
+"""Assemble the edit dataset: for each accepted flag an edit pair, equivalence pairs (its own paraphrases
+plus generated ones) and locality pairs from a pool of reference prompts answered by the champion,
+half of them hard neighbours close to the edit in embedding space but about something else; plus a
+retention set of every edit promoted before. Saved as versioned JSONL in the run's folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from prefect import task
+
+from editing.data import EditRecord, PromptAnswer, read_records, write_jsonl
+from tasks.extract import read_flags
+from tasks.flags import Flag, normalize, read_flag_log
+from tasks.ledger import FlagState, Ledger
+from tasks.models import load_version, scratch_dir
+from tasks.settings import FixSettings
+from tasks.storage import Store, open_store
+
+LOGGER = logging.getLogger(__name__)
+REFERENCE_PROMPTS_KEY = (
+    "locality/reference_prompts.jsonl"  # extra reference prompts (one {"prompt"} per line)
+)
+NEIGHBOURHOOD_FILE = "counterfact_easyedit_splits/counterfact-val.json"
+
+
+@dataclass(frozen=True)
+class DatasetKeys:
+    dataset: str  # EditRecords of this run (project JSONL)
+    retention: str  # EditRecords of every edit promoted before
+    metadata: str
+    pool: str  # the locality pool used (champion's answers)
+
+
+def _reference_prompts(settings: FixSettings, store: Store) -> list[str]:
+    prompts = []
+    if store.exists(REFERENCE_PROMPTS_KEY):
+        prompts += [
+            json.loads(line)["prompt"]
+            for line in store.read_text(REFERENCE_PROMPTS_KEY).splitlines()
+            if line.strip()
+        ]
+    neighbourhood = read_records(settings.data_file(NEIGHBOURHOOD_FILE), limit=settings.locality_pool_prompts)
+    prompts += [record.locality[0].prompt for record in neighbourhood.records]
+    return list(dict.fromkeys(prompts))
+
+
+def locality_pool(
+    settings: FixSettings, store: Store, champion, champion_version: str
+) -> tuple[list[PromptAnswer], str]:
+    """The pool for this champion, built once per champion version and kept in the store."""
+    from editing.locality import build_locality_pool, load_pool, save_pool
+
+    key = f"locality/pool-v{champion_version}-{champion.fingerprint[:12]}.jsonl"
+    workspace = scratch_dir("pool")
+    if store.exists(key):
+        pool, _ = load_pool(store.download(key, workspace / "pool.jsonl"))
+        return pool, key
+    built = build_locality_pool(champion.model, champion.tokenizer, _reference_prompts(settings, store))
+    pool = list(built.pool)
+    if built.rejected:
+        LOGGER.info("locality pool: %d prompts left out, e.g. %s", len(built.rejected), built.rejected[:3])
+    save_pool(
+        workspace / "pool.jsonl", pool, champion_version=champion_version, fingerprint=champion.fingerprint
+    )
+    store.upload(workspace / "pool.jsonl", key)
+    return pool, key
+
+
+def _retention_records(store: Store, ledger: Ledger) -> list[EditRecord]:
+    states = ledger.states()
+    promoted = [
+        f
+        for f in read_flag_log(store).flags
+        if f.flag_id in states and states[f.flag_id].state == FlagState.PROMOTED
+    ]
+    return [
+        EditRecord(f.flag_id, f.prompt, f.correction, subject=f.subject, rephrase_prompts=f.paraphrases)
+        for f in promoted
+    ]
+
+
+def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int) -> list[EditRecord]:
+    from editing.equivalence import equivalence_prompts
+    from editing.locality import prompt_embeddings, select_locality
+
+    edited = {normalize(flag.prompt) for flag in flags}
+    # A pool prompt that one of this batch's flags edits is not a locality probe for the others.
+    usable = [probe for probe in pool if normalize(probe.prompt) not in edited]
+    model, tokenizer = champion.model, champion.tokenizer
+    pool_embeddings = prompt_embeddings(model, tokenizer, [probe.prompt for probe in usable])
+    edit_embeddings = prompt_embeddings(model, tokenizer, [flag.prompt for flag in flags])
+    hard = per_edit // 2
+    locality = select_locality(
+        [flag.prompt for flag in flags], [flag.subject for flag in flags], usable, pool_embeddings,
+        edit_embeddings, corrections=[flag.correction for flag in flags], hard=hard,
+        random=per_edit - hard, seed=0,
+    )  # fmt: skip
+    return [
+        EditRecord(
+            record_id=flag.flag_id,
+            prompt=flag.prompt,
+            target_new=flag.correction,
+            subject=flag.subject,
+            rephrase_prompts=tuple(
+                equivalence_prompts(
+                    flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
+                )
+            ),
+            locality=tuple(probes),
+        )
+        for flag, probes in zip(flags, locality, strict=True)
+    ]
+
+
+def assemble_dataset(
+    settings: FixSettings, run_id: str, flags_key: str, champion_version: str
+) -> DatasetKeys:
+    store = open_store(settings.store_uri)
+    flags = read_flags(store, flags_key)
+    champion = load_version(settings, champion_version).loaded
+    pool, pool_key = locality_pool(settings, store, champion, champion_version)
+    records = _edit_records(flags, champion, pool, settings.locality_per_edit)
+    retained = _retention_records(store, Ledger(store))
+    workspace = scratch_dir(run_id)
+    prefix = f"runs/{run_id}"
+    for name, items in (("edit_dataset.jsonl", records), ("retention.jsonl", retained)):
+        store.upload(write_jsonl(items, workspace / name), f"{prefix}/{name}")
+    metadata = {
+        "run_id": run_id,
+        "champion_version": champion_version,
+        "edits": len(records),
+        "equivalence_prompts": sum(len(r.rephrase_prompts) for r in records),
+        "locality_probes": sum(len(r.locality) for r in records),
+        "retained_edits": len(retained),
+        "locality_pool": pool_key,
+        "locality_pool_size": len(pool),
+    }
+    store.write_json(f"{prefix}/edit_dataset.json", metadata)
+    LOGGER.info("assembled %s", metadata)
+    return DatasetKeys(
+        f"{prefix}/edit_dataset.jsonl", f"{prefix}/retention.jsonl", f"{prefix}/edit_dataset.json", pool_key
+    )
+
+
+@task(name="assemble-edit-dataset")
+def assemble_task(settings: FixSettings, run_id: str, flags_key: str, champion_version: str) -> DatasetKeys:
+    return assemble_dataset(settings, run_id, flags_key, champion_version)

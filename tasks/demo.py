@@ -1,0 +1,89 @@
+"""Seed the demo's flag log: ask the model questions with known answers and flag every wrong answer.
+
+Right answers become reference prompts for the locality pool: facts the model already knows are
+exactly what an edit must not break. Seeding happens once per store, so a second demo run finds no
+new flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from tasks.dataset import REFERENCE_PROMPTS_KEY
+from tasks.flags import Flag, append_flags
+from tasks.models import load_version
+from tasks.settings import FixSettings
+from tasks.storage import open_store
+
+LOGGER = logging.getLogger(__name__)
+SEEDED_KEY = "demo/seeded.json"
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    asked: int
+    wrong: int
+    already_seeded: bool
+    examples: list[dict[str, str]]  # a few wrong answers, for the summary
+
+
+def read_facts(path: Path) -> list[dict[str, str]]:
+    facts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for index, fact in enumerate(facts):
+        missing = [name for name in ("id", "prompt", "answer") if not fact.get(name)]
+        if missing:
+            raise ValueError(f"{path}: fact {index}: missing field(s) {missing}")
+    return facts
+
+
+def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -> SeedResult:
+    from editing.generate import answer_matches, greedy_complete
+
+    store = open_store(settings.store_uri)
+    if store.exists(SEEDED_KEY):
+        seeded = store.read_json(SEEDED_KEY)
+        return SeedResult(seeded["asked"], seeded["wrong"], True, [])
+    facts = read_facts(facts_path)
+    champion = load_version(settings, champion_version).loaded
+    answers = greedy_complete(champion.model, champion.tokenizer, [fact["prompt"] for fact in facts])
+    wrong = [
+        (fact, answer)
+        for fact, answer in zip(facts, answers, strict=True)
+        if not answer_matches(answer, fact["answer"])
+    ]
+    right = [
+        fact for fact, answer in zip(facts, answers, strict=True) if answer_matches(answer, fact["answer"])
+    ]
+    flags = [
+        Flag.create(
+            model_name=settings.registered_model,
+            model_version=str(champion_version),
+            prompt=fact["prompt"],
+            prediction=answer or "(empty)",
+            correction=fact["answer"],
+            paraphrases=tuple(p for p in [fact.get("paraphrase")] if p),
+            subject=fact.get("subject"),
+            reason="wrong answer to a known fact",
+            reporter="mend-demo",
+        )
+        for fact, answer in wrong
+    ]
+    if flags:
+        append_flags(store, flags)
+    store.write_text(
+        REFERENCE_PROMPTS_KEY, "".join(json.dumps({"prompt": f["prompt"]}) + "\n" for f in right)
+    )
+    store.write_json(SEEDED_KEY, {"asked": len(facts), "wrong": len(wrong), "facts": str(facts_path)})
+    LOGGER.info("demo: asked %d questions, flagged %d wrong answers", len(facts), len(wrong))
+    examples = [{"prompt": f["prompt"], "answer": a, "correction": f["answer"]} for f, a in wrong[:5]]
+    return SeedResult(len(facts), len(wrong), False, examples)
+
+
+@task(name="seed-demo-flags")
+def seed_task(settings: FixSettings, facts_path: str, champion_version: str) -> SeedResult:
+    return seed_flags(settings, Path(facts_path), champion_version)

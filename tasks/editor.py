@@ -1,0 +1,84 @@
+"""The editor for a base model: found in the MLflow registry by the base model's fingerprint, or
+trained (by the ``train_editor`` flow) and registered when none exists yet."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.settings import FixSettings
+
+LOGGER = logging.getLogger(__name__)
+EDITOR_URI_PREFIX = "models:/mend-editor/"
+
+
+def find_editor_uri(settings: FixSettings, base_fingerprint: str) -> str | None:
+    """``models:/mend-editor/<version>`` of the latest editor for this base, or None."""
+    from tasks.editor_registry import find_editor
+
+    found = find_editor(base_fingerprint, tracking_uri=settings.tracking_uri)
+    return None if found is None else f"{EDITOR_URI_PREFIX}{found[0]}"
+
+
+def editor_checkpoint(settings: FixSettings, editor_uri: str) -> Path:
+    """A local copy of the editor checkpoint behind ``editor_uri`` (cached under ``$MEND_HOME``)."""
+    from editing.checkpoint import read_description
+    from tasks.editor_registry import editor_checkpoint as download
+
+    if not editor_uri.startswith(EDITOR_URI_PREFIX):
+        raise ValueError(f"not an editor URI: {editor_uri!r} (expected {EDITOR_URI_PREFIX}<version>)")
+    directory = download(editor_uri.removeprefix(EDITOR_URI_PREFIX), tracking_uri=settings.tracking_uri)
+    read_description(directory)  # a readable checkpoint, or a clear error now rather than mid-edit
+    return directory
+
+
+def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
+    """Train a MEND editor for the base model on CounterFact train and register it; returns its URI."""
+    import torch
+
+    from editing.checkpoint import export_editor
+    from editing.config import TrainConfig
+    from editing.data import read_records
+    from editing.models import load_model
+    from editing.training import split_records, train_editor
+    from tasks.editor_registry import register_editor
+    from tasks.models import base_location, scratch_dir
+    from tasks.tracking import configure_tracking, fix_run, log_params, metrics_callback
+
+    configure_tracking(settings.tracking_uri)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(base_location(settings), device=device)
+    path = settings.data_file("counterfact_easyedit_splits/counterfact-train.json")
+    records = read_records(path, limit=settings.editor_train_records).records
+    train, held_out = split_records(records, min(100, len(records) // 10), seed=0)
+    config = TrainConfig(
+        max_minutes=settings.editor_train_minutes, max_steps=settings.editor_train_steps, device=device,
+        val_every=200, val_records=len(held_out),
+    )  # fmt: skip
+    out = scratch_dir("editor") / "editor"
+    started = time.perf_counter()
+    with fix_run(
+        "mend-editor-training", run_name="train-editor", tags={"base_fingerprint": loaded.fingerprint}
+    ) as run_id:
+        log_params({"device": device, "train_records": len(train), **config.to_dict()}, run_id=run_id)
+        on_metrics = metrics_callback(run_id=run_id)
+        run = train_editor(loaded, train, held_out, out, train_config=config, on_metrics=on_metrics)
+        best = run.summary["validations"] and min(run.summary["validations"], key=lambda v: v["loss"])
+        metrics = {f"best_{name}": value for name, value in (best or {}).items()}
+        metrics["train_seconds"] = time.perf_counter() - started
+        # Only the editor itself is registered; optimizer state stays behind with the training run.
+        exported = export_editor(out, out.parent / "export")
+        version = register_editor(
+            exported, loaded.fingerprint, metrics, run_id, tracking_uri=settings.tracking_uri
+        )
+    LOGGER.info("trained editor version %s in %.0f s", version, metrics["train_seconds"])
+    return f"{EDITOR_URI_PREFIX}{version}", metrics
+
+
+@task(name="find-editor")
+def find_editor_task(settings: FixSettings, base_fingerprint: str) -> str | None:
+    return find_editor_uri(settings, base_fingerprint)

@@ -1,0 +1,158 @@
+"""Evaluate a candidate against the champion it was derived from: the per-edit table the gate judges,
+perplexity on reference text, retention of earlier promoted edits, locality regressions, and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from editing.data import read_records, read_texts
+from editing.evaluate import evaluate_edit, perplexity
+from tasks.models import download_dir, load_version, scratch_dir, upload_dir
+from tasks.settings import FixSettings
+from tasks.storage import open_store
+
+LOGGER = logging.getLogger(__name__)
+REFERENCE_TEXTS = "me_ppl/ME-PPL_1k.json"
+
+
+@dataclass(frozen=True)
+class EvaluationKeys:
+    prefix: str  # store prefix holding everything below
+    table: str  # per-edit table (JSON rows) in the gate's columns
+    summary: str  # perplexities, retention, aggregates
+    regressions: str  # CSV of locality prompts whose answer changed
+
+
+def gate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation rows in the gate's vocabulary (edit = rewrite, paraphrase = rephrase)."""
+    return [
+        {
+            "record_id": row["record_id"],
+            "prompt": row["prompt"],
+            "correction": row["target_new"],
+            "edit_success": row["rewrite_acc"],
+            "paraphrase_success": row["rephrase_acc"],
+            "locality_unchanged": row["locality_unchanged"],
+            "locality_kl": row["locality_kl"],
+            "prediction_before": row.get("prediction_before", ""),
+            "prediction_after": row.get("prediction", ""),
+        }
+        for row in rows
+    ]
+
+
+def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, str]]:
+    """Every locality prompt whose greedy answer changed: prompt, before, after, and the edit it sat beside."""
+    from editing.generate import answer_matches, greedy_complete
+
+    probes = [(record.record_id, probe) for record in records for probe in record.locality]
+    prompts = [probe.prompt for _, probe in probes]
+    if not prompts:
+        return []
+    before = greedy_complete(before_model, tokenizer, prompts)
+    after = greedy_complete(after_model, tokenizer, prompts)
+    return [
+        {"edit": edit_id, "prompt": probe.prompt, "kind": probe.kind, "before": old, "after": new}
+        for (edit_id, probe), old, new in zip(probes, before, after, strict=True)
+        if not (answer_matches(new, old) and answer_matches(old, new))
+    ]
+
+
+def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["record_id"][:10] for row in rows]
+    paths = []
+    figure, axis = plt.subplots(figsize=(max(6, len(rows) * 0.35), 3.2))
+    axis.bar(names, [row["edit_success"] for row in rows], label="edit")
+    axis.plot(names, [row["paraphrase_success"] or 0 for row in rows], "o", color="black", label="paraphrase")
+    axis.set_ylim(0, 1.05), axis.set_ylabel("success"), axis.legend(fontsize=8)
+    axis.tick_params(axis="x", rotation=90, labelsize=6)
+    figure.tight_layout(), figure.savefig(out / "edit_success.png", dpi=110), plt.close(figure)
+    paths.append(out / "edit_success.png")
+    figure, axis = plt.subplots(figsize=(max(6, len(rows) * 0.35), 3.2))
+    axis.bar(names, [1 - (row["locality_unchanged"] or 0) for row in rows], color="tab:red")
+    axis.set_ylabel("locality changed (fraction)"), axis.set_ylim(0, 1.05)
+    axis.tick_params(axis="x", rotation=90, labelsize=6)
+    figure.tight_layout(), figure.savefig(out / "locality_change.png", dpi=110), plt.close(figure)
+    paths.append(out / "locality_change.png")
+    return paths
+
+
+def evaluate_candidate(
+    settings: FixSettings,
+    run_id: str,
+    dataset_key: str,
+    retention_key: str,
+    snapshot_prefix: str,
+    champion_version: str,
+) -> EvaluationKeys:
+    from tasks.mlflow_flavor import load_snapshot_model
+
+    store = open_store(settings.store_uri)
+    workspace = scratch_dir(run_id)
+    store.download(dataset_key, workspace / "edit_dataset.jsonl")
+    store.download(retention_key, workspace / "retention.jsonl")
+    records = read_records(workspace / "edit_dataset.jsonl", "jsonl").records
+    retained = read_records(workspace / "retention.jsonl", "jsonl").records
+    before = load_version(settings, champion_version).loaded
+    after = load_snapshot_model(download_dir(store, snapshot_prefix, workspace / "snapshot"))
+    tokenizer = before.tokenizer
+
+    evaluation = evaluate_edit(before.model, after.model, tokenizer, records)
+    rows = gate_rows(evaluation.rows)
+    texts = read_texts(settings.data_file(REFERENCE_TEXTS), limit=settings.reference_texts)
+    retention = evaluate_edit(before.model, after.model, tokenizer, retained).aggregates if retained else {}
+    summary = {
+        "perplexity_before": perplexity(before.model, tokenizer, texts),
+        "perplexity_after": perplexity(after.model, tokenizer, texts),
+        "retention": retention.get("rewrite_acc"),
+        "retained_edits": len(retained),
+        "aggregates": evaluation.aggregates,
+        "edits": len(records),
+    }
+    regressions = locality_regressions(before.model, after.model, tokenizer, records)
+    summary["locality_regressions"] = len(regressions)
+
+    out = workspace / "evaluation"
+    out.mkdir()
+    (out / "per_edit.json").write_text(json.dumps(rows, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    _write_csv(out / "locality_regressions.csv", regressions, ("edit", "prompt", "kind", "before", "after"))
+    _write_csv(out / "per_edit.csv", rows, tuple(rows[0]) if rows else ("record_id",))
+    _plots(rows, out)
+    prefix = upload_dir(store, out, f"runs/{run_id}/evaluation")
+    LOGGER.info("evaluated %d edits: %s", len(records), evaluation.aggregates)
+    return EvaluationKeys(
+        prefix, f"{prefix}/per_edit.json", f"{prefix}/summary.json", f"{prefix}/locality_regressions.csv"
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@task(name="evaluate-candidate")
+def evaluate_task(
+    settings: FixSettings,
+    run_id: str,
+    dataset_key: str,
+    retention_key: str,
+    snapshot_prefix: str,
+    champion_version: str,
+) -> EvaluationKeys:
+    return evaluate_candidate(settings, run_id, dataset_key, retention_key, snapshot_prefix, champion_version)

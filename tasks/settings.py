@@ -1,0 +1,120 @@
+"""Settings of a fix run: where flags, artifacts and the registry live, and how edits are made.
+
+Every value has an embedded default (a local store and a local MLflow under ``$MEND_HOME``, the default
+SmolLM2 model, a MEND editor trained on CounterFact), can be overridden by an environment variable, and
+is validated when the settings are built, so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Self
+
+from tasks.tracking import mend_home
+
+EDITORS = ("mend", "ft-kl", "ft")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it and its environment variable."""
+
+
+def _default_data_dir() -> Path:
+    configured = os.environ.get("MEND_DATA_DIR")
+    return Path(configured) if configured else Path.cwd().parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class FixSettings:
+    store_uri: str  # flags, ledger, run artifacts: s3://bucket/prefix/ or a local directory
+    tracking_uri: str | None  # MLflow; None means the local SQLite default
+    registered_model: str  # MLflow registered model holding the champion and candidates
+    base_model: str  # "default", a safetensors directory, a .gguf file or a hub id
+    editor: str  # mend | ft-kl | ft
+    editor_train_minutes: float  # CPU time budget when an editor must be trained first
+    editor_train_steps: int
+    editor_train_records: int  # CounterFact train records used to train an editor
+    data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
+    locality_pool_prompts: int  # reference prompts (CounterFact neighbourhood prompts) in the pool
+    locality_per_edit: int  # locality probes per edit (half hard neighbours, half random)
+    reference_texts: int  # ME-PPL sentences for the perplexity check
+    retry_failed_gate: bool  # also retry flags whose previous candidate failed the gate
+    thresholds_path: str | None  # JSON of gate thresholds; None means the defaults
+    ft_steps: int = 10  # FT / FT+KL editors: Adam steps per edit
+    ft_lr: float = 1e-4  # FT / FT+KL editors: learning rate
+
+    def __post_init__(self) -> None:
+        if self.editor not in EDITORS:
+            raise SettingsError(f"editor {self.editor!r} (MEND_EDITOR): choose one of {EDITORS}")
+        for name in (
+            "editor_train_minutes",
+            "editor_train_steps",
+            "editor_train_records",
+            "locality_per_edit",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.registered_model:
+            raise SettingsError("registered_model (MEND_REGISTERED_MODEL) must be non-empty")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        environ = os.environ
+        values: dict[str, Any] = {
+            "store_uri": environ.get("MEND_STORE_URI", str(mend_home() / "store")),
+            "tracking_uri": environ.get("MEND_MLFLOW_TRACKING_URI") or environ.get("MLFLOW_TRACKING_URI"),
+            "registered_model": environ.get("MEND_REGISTERED_MODEL", "mend-smollm2-135m-instruct"),
+            "base_model": environ.get("MEND_BASE_MODEL", "default"),
+            "editor": environ.get("MEND_EDITOR", "mend"),
+            "editor_train_minutes": _number("MEND_EDITOR_TRAIN_MINUTES", 8.0),
+            "editor_train_steps": int(_number("MEND_EDITOR_TRAIN_STEPS", 100_000)),
+            "editor_train_records": int(_number("MEND_EDITOR_TRAIN_RECORDS", 10_000)),
+            "data_dir": str(_default_data_dir()),
+            "locality_pool_prompts": int(_number("MEND_LOCALITY_POOL_PROMPTS", 200)),
+            "locality_per_edit": int(_number("MEND_LOCALITY_PER_EDIT", 4)),
+            "reference_texts": int(_number("MEND_REFERENCE_TEXTS", 100)),
+            "retry_failed_gate": environ.get("MEND_RETRY_FAILED_GATE", "false").lower()
+            in ("1", "true", "yes"),
+            "thresholds_path": environ.get("MEND_GATE_THRESHOLDS"),
+            "ft_steps": int(_number("MEND_FT_STEPS", 10)),
+            "ft_lr": _number("MEND_FT_LR", 1e-4),
+        }
+        return cls(**{**values, **overrides})
+
+    def with_changes(self, **changes: Any) -> Self:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> Self:
+        return cls(**values)
+
+    def thresholds(self):
+        from expectations.gate import GateThresholds
+
+        if self.thresholds_path is None:
+            return GateThresholds()
+        return GateThresholds.from_dict(json.loads(Path(self.thresholds_path).read_text()))
+
+    def data_file(self, relative: str) -> Path:
+        path = Path(self.data_dir) / relative
+        if not path.is_file():
+            raise SettingsError(
+                f"{path} not found: set MEND_DATA_DIR to the folder holding the benchmark data"
+            )
+        return path
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
