@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA_DIR ?= ../shared/data
+# The benchmarks live beside the project; a checkout elsewhere on this machine finds them at /work.
+DATA_DIR ?= $(firstword $(wildcard ../shared/data) /work/shared/data)
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true

@@ -145,10 +145,14 @@ class TrainConfig(_Serializable):
     """The editor's training loop. Defaults follow the paper where it gives a value."""
 
     edit_loss_weight: float = 0.1  # weight of NLL(target | rephrase, edited weights)
+    # Also score the edit prompt itself in the edit loss. The paper samples the equivalent input from
+    # the neighbourhood N(x_e), which contains x_e; scoring only the rephrase (the original code) left
+    # the edited prompt itself less fixed than its paraphrase in our runs on SmolLM2.
+    edit_loss_on_prompt: bool = True
     locality_loss_weight: float = 1.0  # weight of KL(pre || post) on locality prompts
     editor_lr: float = 1e-4
     step_size_lr: float = 1e-4
-    batch_size: int = 4  # edits per training step, each applied on its own
+    batch_size: int = 8  # edits per training step, each applied on its own
     grad_accumulation: int = 1
     grad_clip: float = 100.0
     max_steps: int = 10_000
@@ -156,6 +160,9 @@ class TrainConfig(_Serializable):
     val_every: int = 200
     val_records: int = 100
     early_stop_patience: int = 5  # validations without improvement before stopping; 0 disables
+    # What "improvement" means for keeping the best editor and early stopping: "score", the mean of
+    # edit, rephrase and locality success (what the editor is for), or "loss".
+    select_by: Literal["score", "loss"] = "score"
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     bf16_autocast: bool = True  # only used on CUDA
@@ -172,6 +179,10 @@ class TrainConfig(_Serializable):
         for name in ("batch_size", "grad_accumulation", "max_steps", "val_every", "val_records", "log_every"):
             _require(getattr(self, name) >= 1, f"TrainConfig.{name} must be >= 1")
         _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
+        _require(
+            self.select_by in ("score", "loss"),
+            f"TrainConfig.select_by must be score or loss, got {self.select_by!r}",
+        )
         _require(self.max_minutes is None or self.max_minutes > 0, "TrainConfig.max_minutes must be positive")
 
 

@@ -47,6 +47,7 @@ def editing_objective(
     weights: LossWeights,
     with_rewrite: bool = False,
     batched: bool = True,
+    edit_loss_on_prompt: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``.
 
@@ -54,7 +55,10 @@ def editing_objective(
     captured factors are constants. ``with_rewrite`` also scores the edit prompt itself (validation).
     ``batched`` runs every example's edited pass in one forward (``editing.lowrank``); otherwise each
     example gets its own ``functional_call`` with ``W + delta`` (the reference; same result, slower).
+    ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit loss
+    (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig).
     """
+    with_rewrite = with_rewrite or edit_loss_on_prompt
     device = next(model.parameters()).device
     count = len(examples)
     # One pass gives the edits' factors and, riding along, the locality prompts' pre-edit logits.
@@ -73,7 +77,8 @@ def editing_objective(
     logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
     rephrase, locality = role == 0, role == 1
-    edit_loss = per_example_mean(token_nll(logits[rephrase], target[rephrase]), owner[rephrase], count)
+    equivalent = rephrase | (role == 2) if edit_loss_on_prompt else rephrase
+    edit_loss = per_example_mean(token_nll(logits[equivalent], target[equivalent]), owner[equivalent], count)
     locality_kl = per_example_mean(token_kl(locality_before, logits[locality]), owner[locality], count)
     total = (weights.edit * edit_loss + weights.locality * locality_kl).mean()
     predictions = logits.detach().argmax(dim=-1)

@@ -30,6 +30,13 @@ LOGGER = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
+def selection_value(metrics: dict[str, float], select_by: str) -> float:
+    """Higher is better: the success score (mean of edit, rephrase and locality success) or -loss."""
+    if select_by == "loss":
+        return -metrics["loss"]
+    return (metrics["rewrite_acc"] + metrics["rephrase_acc"] + metrics["locality_unchanged"]) / 3
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +50,7 @@ class TrainerState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0
     position: int = 0  # next index into this epoch's permutation
-    best_val_loss: float = math.inf
+    best_val: float = -math.inf  # best validation value of ``TrainConfig.select_by`` (higher is better)
     best_step: int = 0
     validations_without_improvement: int = 0
     skipped_steps: int = 0
@@ -117,7 +124,7 @@ class EditorTrainer:
             return editing_objective(
                 self.model, self.scope, self.network, examples, pad_id=self.pad_id,
                 prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
-                batched=self.config.batched_edits,
+                batched=self.config.batched_edits, edit_loss_on_prompt=self.config.edit_loss_on_prompt,
             )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:
@@ -142,7 +149,8 @@ class EditorTrainer:
         return totals
 
     def validate(self) -> dict[str, float]:
-        """Single edits on the held-out examples: edit, rephrase and locality success, and the loss."""
+        """Single edits on the held-out examples: edit, rephrase and locality success, their mean
+        (``score``), and the loss."""
         self.network.eval()
         totals: dict[str, float] = {}
         for start in range(0, len(self.val_examples), self.config.batch_size):
@@ -151,14 +159,17 @@ class EditorTrainer:
                 _, metrics = self.objective(chunk, with_rewrite=True)
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * len(chunk)
-        return {name: value / len(self.val_examples) for name, value in totals.items()}
+        metrics = {name: value / len(self.val_examples) for name, value in totals.items()}
+        metrics["score"] = selection_value(metrics, "score")
+        return metrics
 
     def _after_validation(self, metrics: dict[str, float]) -> bool:
         """Record a validation; returns True when early stopping should end training."""
         self.state.validations.append({"step": self.state.step, **metrics})
         self.on_metrics(self.state.step, {f"val/{name}": value for name, value in metrics.items()})
-        if metrics["loss"] < self.state.best_val_loss:
-            self.state.best_val_loss, self.state.best_step = metrics["loss"], self.state.step
+        value = selection_value(metrics, self.config.select_by)
+        if value > self.state.best_val:
+            self.state.best_val, self.state.best_step = value, self.state.step
             self.state.validations_without_improvement = 0
             self.best_network = copy.deepcopy(self.network.state_dict())
             return False

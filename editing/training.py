@@ -93,7 +93,7 @@ def train_editor(
 
 
 def _final_metrics(trainer: EditorTrainer) -> dict[str, Any]:
-    best = min(trainer.state.validations, key=lambda v: v["loss"]) if trainer.state.validations else {}
+    best = next((v for v in trainer.state.validations if v["step"] == trainer.state.best_step), {})
     return {
         "step": trainer.state.step,
         "best_step": trainer.state.best_step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from typing import Any
 
@@ -19,4 +20,5 @@ def seed_demo_flow(overrides: dict[str, Any] | None = None) -> SeedResult:
     """Ask the champion the demo questions once per store and flag every wrong answer."""
     settings = FixSettings.from_env(**(overrides or {}))
     base = ensure_base_task(settings)
-    return seed_task(settings, str(resources.files("flows") / FACTS), base.champion_version)
+    facts = os.environ.get("MEND_DEMO_FACTS") or str(resources.files("flows") / FACTS)
+    return seed_task(settings, facts, base.champion_version)

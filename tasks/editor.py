@@ -67,7 +67,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
         log_params({"device": device, "train_records": len(train), **config.to_dict()}, run_id=run_id)
         on_metrics = metrics_callback(run_id=run_id)
         run = train_editor(loaded, train, held_out, out, train_config=config, on_metrics=on_metrics)
-        best = run.summary["validations"] and min(run.summary["validations"], key=lambda v: v["loss"])
+        best = next((v for v in run.summary["validations"] if v["step"] == run.summary["best_step"]), None)
         metrics = {f"best_{name}": value for name, value in (best or {}).items()}
         metrics["train_seconds"] = time.perf_counter() - started
         # Only the editor itself is registered; optimizer state stays behind with the training run.

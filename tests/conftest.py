@@ -11,7 +11,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import pytest
 
-pytest_plugins = ["tests.integration.mlflow_fixtures"]
+pytest_plugins = ["tests.integration.mlflow_fixtures", "tests.pipeline_fixtures"]
 
 # torch and transformers load only when a test asks for a tiny model, so pure-I/O tests start fast.
 

@@ -17,8 +17,9 @@ from editing.data import (
     read_texts,
     write_jsonl,
 )
+from tests.paths import DATA_DIR
 
-DATA = Path("/work/shared/data")
+DATA = DATA_DIR
 
 ZSRE = {
     "subject": "IAAF Combined Events Challenge",

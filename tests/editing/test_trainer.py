@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,10 +13,9 @@ from editing.editor_net import MendNetwork
 from editing.targets import resolve_scope
 from editing.trainer import EditorTrainer
 from editing.training_data import TrainingDataError, encode_training_examples
+from tests.paths import DATA_DIR
 
-COUNTERFACT_TRAIN = (
-    Path(__file__).resolve().parents[3] / "shared/data/counterfact_easyedit_splits/counterfact-train.json"
-)
+COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.flows.conftest import LENIENT
+from tests.pipeline_fixtures import LENIENT
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

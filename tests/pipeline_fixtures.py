@@ -1,14 +1,14 @@
-"""Fixtures for pipeline tests: a real (temporary) Prefect server, a tiny base model saved to disk,
-and fresh settings per test (own store, own SQLite MLflow)."""
+"""Pipeline fixtures: a real (temporary) Prefect server and fresh settings per test (own store, own
+SQLite MLflow, the tiny base model saved to disk). Registered as a plugin by tests/conftest.py."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.paths import DATA_DIR
+
 LENIENT = {"min_edit_success": 0.5, "min_paraphrase_success": 0.0, "min_locality_unchanged": 0.0,
            "max_perplexity_increase": 10.0, "min_retention": 0.0}  # fmt: skip
 
