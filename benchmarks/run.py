@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)
         editor = load_editor(args.editor_dir, base_fingerprint=loaded.fingerprint, device=args.device)
         speed = {**header, "edit_latency": edit_latency(loaded, editor, records, repeats=5),
-                 "training_step": training_step_speed(loaded, records, batch_size=4, repeats=5)}  # fmt: skip
+                 "training_step": training_step_speed(loaded, records, batch_size=8, repeats=5)}  # fmt: skip
         (args.out / f"speed{suffix}.json").write_text(json.dumps(speed, indent=2))
         report.write_speed(speed, args.out, suffix)
 

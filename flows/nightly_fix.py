@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
 from tasks.apply import apply_task
@@ -49,9 +50,20 @@ def _run_id() -> str:
     return str(context.flow_run.id) if context and context.flow_run else uuid.uuid4().hex
 
 
+# Fix and promotion runs read, check and then write the flag ledger, so they must not overlap. With a
+# global concurrency limit of this name (`prefect gcl create mend-ledger --limit 1`) Prefect queues
+# them across all deployments; without one (ephemeral runs) the context below is a no-op.
+LEDGER_LIMIT = "mend-ledger"
+
+
 @flow(name="nightly-fix")
 def nightly_fix(overrides: dict[str, Any] | None = None) -> FixSummary:
     """Turn pending flags into a gated candidate; a failing gate raises (and registers nothing)."""
+    with concurrency(LEDGER_LIMIT, occupy=1):
+        return _fix(overrides)
+
+
+def _fix(overrides: dict[str, Any] | None) -> FixSummary:
     from flows.train_editor import train_editor_flow
 
     settings = FixSettings.from_env(**(overrides or {}))

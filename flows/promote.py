@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.concurrency.sync import concurrency
 
+from flows.nightly_fix import LEDGER_LIMIT
 from tasks.promotion import promote_task, rollback_task
 from tasks.settings import FixSettings
 
@@ -15,7 +17,8 @@ def promote_flow(
     version: str, approver: str | None = None, approve: bool = False, overrides: dict[str, Any] | None = None
 ) -> dict:
     """Move ``champion`` to ``version`` if its gate passed and a person approved it."""
-    return promote_task(FixSettings.from_env(**(overrides or {})), version, approver, approve)
+    with concurrency(LEDGER_LIMIT, occupy=1):
+        return promote_task(FixSettings.from_env(**(overrides or {})), version, approver, approve)
 
 
 @flow(name="rollback")

@@ -17,7 +17,7 @@ LENIENT = {"min_edit_success": 0.5, "min_paraphrase_success": 0.0, "min_locality
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

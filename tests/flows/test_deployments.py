@@ -43,7 +43,7 @@ def test_prefect_yaml_deploys_schedule_trigger_and_pools():
     assert {"nightly", "on-flags", "train-editor", "promote", "rollback"} <= set(deployments)
     assert deployments["nightly"].schedules[0].schedule.cron == "0 2 * * *"
     assert deployments["train-editor"].work_pool_name == "mend-gpu"
-    assert deployments["nightly"].concurrency_limit == 1
+    assert deployments["nightly"].global_concurrency_limit.limit == 1
     (trigger,) = [a.trigger for a in automations if "on-flags" in a.name]
     assert trigger.expect == {"mend.prediction.flagged"} and trigger.threshold == 10
 
@@ -51,21 +51,21 @@ def test_prefect_yaml_deploys_schedule_trigger_and_pools():
 def test_flagging_emits_the_event_the_trigger_expects(make_settings):
     from prefect import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
-    from prefect.events.utilities import emit_event  # noqa: F401  (the worker must be importable here)
 
     from tasks.events import FLAGGED_EVENT, flag_prediction
 
     settings = make_settings()
     flag = flag_prediction(settings, prompt="The capital of France is", correction="Rome", prediction="Paris",
                            reason="wrong", reporter="test")  # fmt: skip
-    from prefect.events.clients import get_events_client  # noqa: F401
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all()
 
     async def read():
         async with get_client() as client:
-            return await client.read_events(EventFilter(event=EventNameFilter(name=[FLAGGED_EVENT])))
+            return await client.read_events(
+                EventFilter(event=EventNameFilter(name=[FLAGGED_EVENT])), limit=50
+            )
 
     import asyncio
     import time
