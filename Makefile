@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export MEND_DATA_DIR ?= $(abspath $(DATA_DIR))
 
-.PHONY: setup model lint test test-fast run benchmark clean
+.PHONY: setup model lint test test-fast run eval-baseline benchmark clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: setup
 	$(BIN)/pytest -m "not integration and not real_model"
 
 run: model
+	$(BIN)/mend demo
+
+# The foundation's baseline check: single FT+KL edits on 20 zsRE records with the default model.
+eval-baseline: model
 	$(BIN)/mend eval --editor ft-kl --data $(DATA_DIR)/zsre_mend_portability/zsre_mend_eval_portability_gpt4.json --limit 20
 
 benchmark: model

@@ -20,9 +20,9 @@ from tasks.evaluate import evaluate_task
 from tasks.extract import extract_task
 from tasks.gate import gate_task
 from tasks.models import ensure_base_task
-from tasks.report import metrics_task, track_task
+from tasks.report import metrics_task, params_task, track_task
 from tasks.settings import FixSettings
-from tasks.tracking import configure_tracking, fix_run, log_params
+from tasks.tracking import configure_tracking, fix_run
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
     summary.champion_version = base.champion_version
     with fix_run(run_name=f"fix-{summary.run_id[:8]}", tags={"mend.run_id": summary.run_id}) as mlflow_run_id:
         summary.mlflow_run_id = mlflow_run_id
-        log_params({"champion_version": base.champion_version, "base_fingerprint": base.fingerprint,
-                    "editor": settings.editor, "thresholds": settings.thresholds().to_dict(),
-                    "store": settings.store_uri}, run_id=mlflow_run_id)  # fmt: skip
+        params_task(settings, mlflow_run_id, {"champion_version": base.champion_version, "editor": settings.editor,
+                    "base_fingerprint": base.fingerprint, "thresholds": settings.thresholds().to_dict(),
+                    "store": settings.store_uri})  # fmt: skip
         extracted = extract_task(settings, summary.run_id, settings.registered_model)
         summary.counts = extracted.counts
-        log_params({"flags": extracted.counts}, run_id=mlflow_run_id)
+        params_task(settings, mlflow_run_id, {"flags": extracted.counts})
         if not extracted.flag_ids:
             get_run_logger().info("no new flags: nothing to fix")
             track_task(settings, mlflow_run_id, {"quarantine": extracted.quarantine_key})
@@ -102,8 +102,8 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
             settings, summary.run_id, dataset.dataset, dataset.retention, snapshot, base.champion_version
         )
         summary.summary = metrics_task(settings, mlflow_run_id, evaluation.summary)
-        artifacts = {"dataset": f"runs/{summary.run_id}/edit_dataset.jsonl", "evaluation": evaluation.prefix,
-                     "quarantine": extracted.quarantine_key}  # fmt: skip
+        artifacts = {"dataset": [dataset.dataset, dataset.retention, dataset.metadata],
+                     "evaluation": evaluation.prefix, "quarantine": extracted.quarantine_key}  # fmt: skip
         try:
             verdict = gate_task(settings, summary.run_id, evaluation, extracted.new_flag_ids)
         finally:  # the gate's result and Data Docs are logged whether it passed or not

@@ -14,13 +14,18 @@ from tasks.storage import open_store
 LOGGER = logging.getLogger(__name__)
 
 
-def log_run_artifacts(settings: FixSettings, mlflow_run_id: str, prefixes: dict[str, str]) -> None:
-    """Copy each store prefix (a folder or one file) into the MLflow run under its artifact path."""
+def log_run_artifacts(
+    settings: FixSettings, mlflow_run_id: str, prefixes: dict[str, str | list[str]]
+) -> None:
+    """Copy store objects or folders into the MLflow run, each under its artifact path."""
     from tasks.tracking import log_artifact
 
     store = open_store(settings.store_uri)
     workspace = scratch_dir("mlflow")
-    for artifact_path, key in prefixes.items():
+    pairs = [
+        (path, key) for path, keys in prefixes.items() for key in ([keys] if isinstance(keys, str) else keys)
+    ]
+    for artifact_path, key in pairs:
         if store.exists(key):  # a single object
             local = store.download(key, workspace / artifact_path / key.rsplit("/", 1)[-1])
             log_artifact(local, artifact_path, run_id=mlflow_run_id)
@@ -46,8 +51,15 @@ def log_evaluation_metrics(settings: FixSettings, mlflow_run_id: str, summary_ke
 
 
 @task(name="log-to-mlflow", retries=2, retry_delay_seconds=5)
-def track_task(settings: FixSettings, mlflow_run_id: str, prefixes: dict[str, str]) -> None:
+def track_task(settings: FixSettings, mlflow_run_id: str, prefixes: dict[str, str | list[str]]) -> None:
     log_run_artifacts(settings, mlflow_run_id, prefixes)
+
+
+@task(name="log-parameters", retries=2, retry_delay_seconds=5)
+def params_task(settings: FixSettings, mlflow_run_id: str, params: dict[str, Any]) -> None:
+    from tasks.tracking import log_params
+
+    log_params(params, run_id=mlflow_run_id)
 
 
 @task(name="log-evaluation-metrics", retries=2, retry_delay_seconds=5)

@@ -100,3 +100,36 @@ def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, re
     assert batched_loss == pytest.approx(reference_loss, rel=1e-5)
     for name in reference:
         torch.testing.assert_close(batched[name], reference[name], rtol=1e-4, atol=1e-7)
+
+
+def test_time_budget_and_early_stopping_end_training(tiny_llama, records):
+    budget = _trainer(tiny_llama, records, max_steps=1000, max_minutes=1e-4).fit()
+    assert budget.stop_reason == "max_minutes" and budget.step == 1
+
+    frozen = _trainer(tiny_llama, records, max_steps=1000, val_every=1, early_stop_patience=2)
+    frozen.optimizer.param_groups[0]["lr"] = frozen.optimizer.param_groups[1]["lr"] = (
+        0.0  # nothing can improve
+    )
+    state = frozen.fit()
+    # (the normalisers still learn statistics, so the first validations may differ a little)
+    assert state.stop_reason == "early_stopping" and state.step == state.best_step + 2
+
+
+def test_non_finite_step_is_skipped_and_leaves_the_editor_unchanged(tiny_llama, records, monkeypatch):
+    trainer = _trainer(tiny_llama, records)
+    before = {
+        name: tensor.clone()
+        for name, tensor in trainer.network.state_dict().items()
+        if "normalizer" not in name
+    }
+    objective = trainer.objective
+
+    def poisoned(examples, **kwargs):  # a fault double: the loss comes back NaN once
+        loss, metrics = objective(examples, **kwargs)
+        return loss * float("nan"), {**metrics, "loss": float("nan")}
+
+    monkeypatch.setattr(trainer, "objective", poisoned)
+    trainer.train_step()
+    assert trainer.state.skipped_steps == 1
+    after = trainer.network.state_dict()
+    assert all(torch.equal(tensor, after[name]) for name, tensor in before.items())
