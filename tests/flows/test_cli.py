@@ -28,6 +28,7 @@ def cli_env(make_settings, monkeypatch, tmp_path):
         "MEND_BASE_MODEL": settings.base_model, "MEND_EDITOR": "ft-kl", "MEND_DATA_DIR": settings.data_dir,
         "MEND_GATE_THRESHOLDS": settings.thresholds_path, "MEND_FT_STEPS": "20", "MEND_FT_LR": "1e-2",
         "MEND_LOCALITY_POOL_PROMPTS": "20", "MEND_REFERENCE_TEXTS": "8", "MEND_DEMO_FACTS": str(facts),
+        "PREFECT_HOME": str(tmp_path / "prefect"),  # the CLI would otherwise set it for the whole session
     }  # fmt: skip
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
