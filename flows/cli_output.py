@@ -164,12 +164,11 @@ def print_status(settings) -> None:
 
     from tasks.ledger import Ledger
     from tasks.registry import champion_version
-    from tasks.storage import open_store
 
     console.print(
         f"champion: {settings.registered_model} version {champion_version(settings.registered_model, tracking_uri=settings.tracking_uri)}"
     )
-    states = Ledger(open_store(settings.store_uri)).states()
+    states = Ledger(settings.open_store()).states()
     console.print(
         "flags by state: " + (_counts(Counter(entry.state.value for entry in states.values())) or "none")
     )

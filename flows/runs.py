@@ -22,14 +22,13 @@ class FixOutcome:
 def run_fix(settings: FixSettings) -> FixOutcome:
     """Run ``nightly_fix``; a failed gate comes back as an outcome, any other failure raises."""
     from expectations.gate import GateFailed
-    from tasks.storage import open_store
 
     state = nightly_fix(return_state=True)
     run_id = str(state.state_details.flow_run_id)
     try:
         summary: FixSummary = state.result()
     except GateFailed as failure:
-        store = open_store(settings.store_uri)
+        store = settings.open_store()
         summary_key = f"runs/{run_id}/evaluation/summary.json"
         evaluation = store.read_json(summary_key) if store.exists(summary_key) else {}
         return FixOutcome(run_id, settings, None, True, failure.result.to_dict()["expectations"], evaluation)

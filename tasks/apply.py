@@ -18,7 +18,6 @@ from editing.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
 from tasks.editor import editor_checkpoint
 from tasks.models import load_version, scratch_dir, upload_dir
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def apply_edits(
     flag_ids: list[str],
 ) -> str:
     """Returns the store prefix of the candidate's snapshot."""
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     workspace = scratch_dir(run_id)
     store.download(dataset_key, workspace / "edit_dataset.jsonl")
     records = read_records(workspace / "edit_dataset.jsonl", "jsonl").records

@@ -14,7 +14,6 @@ from prefect import task
 from tasks.ledger import FlagState, Ledger
 from tasks.models import download_dir, scratch_dir
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def register(
     """Register the candidate (alias ``candidate``) and mark every flag in it ``applied``; returns the version."""
     from tasks.registry import register_candidate
 
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     flag_ids = new_flag_ids + carried_flag_ids
     snapshot_dir = download_dir(store, snapshot_prefix, scratch_dir(run_id) / "snapshot")
     version = register_candidate(

@@ -17,7 +17,7 @@ from tasks.flags import Flag, normalize, read_flag_log
 from tasks.ledger import FlagState, Ledger
 from tasks.models import load_version, scratch_dir
 from tasks.settings import FixSettings
-from tasks.storage import Store, open_store
+from tasks.storage import Store
 
 LOGGER = logging.getLogger(__name__)
 REFERENCE_PROMPTS_KEY = (
@@ -118,7 +118,7 @@ def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edi
 def assemble_dataset(
     settings: FixSettings, run_id: str, flags_key: str, champion_version: str
 ) -> DatasetKeys:
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     flags = read_flags(store, flags_key)
     champion = load_version(settings, champion_version).loaded
     pool, pool_key = locality_pool(settings, store, champion, champion_version)

@@ -18,7 +18,6 @@ from tasks.dataset import REFERENCE_PROMPTS_KEY
 from tasks.flags import Flag, append_flags
 from tasks.models import load_version
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 SEEDED_KEY = "demo/seeded.json"
@@ -44,7 +43,7 @@ def read_facts(path: Path) -> list[dict[str, str]]:
 def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -> SeedResult:
     from editing.generate import answer_matches, greedy_complete
 
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     if store.exists(SEEDED_KEY):
         seeded = store.read_json(SEEDED_KEY)
         return SeedResult(seeded["asked"], seeded["wrong"], True, [])

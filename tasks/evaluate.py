@@ -15,7 +15,6 @@ from editing.data import read_records, read_texts
 from editing.evaluate import evaluate_edit, perplexity
 from tasks.models import download_dir, load_version, scratch_dir, upload_dir
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 REFERENCE_TEXTS = "me_ppl/ME-PPL_1k.json"
@@ -98,7 +97,7 @@ def evaluate_candidate(
 ) -> EvaluationKeys:
     from tasks.mlflow_flavor import load_snapshot_model
 
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     workspace = scratch_dir(run_id)
     store.download(dataset_key, workspace / "edit_dataset.jsonl")
     store.download(retention_key, workspace / "retention.jsonl")

@@ -11,7 +11,6 @@ import logging
 
 from tasks.flags import Flag, append_flags
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 FLAGGED_EVENT = "mend.prediction.flagged"
@@ -66,7 +65,7 @@ def flag_prediction(
         prediction=prediction, correction=correction, paraphrases=paraphrases, subject=subject,
         reason=reason, reporter=reporter,
     )  # fmt: skip
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     key = append_flags(store, [flag])
     emit_flagged(flag, store.url(key))
     return flag

@@ -17,7 +17,7 @@ from prefect import task
 from tasks.flags import Flag, RejectedFlag, normalize, read_flag_log, screen
 from tasks.ledger import FlagState, Ledger
 from tasks.settings import FixSettings
-from tasks.storage import Store, open_store
+from tasks.storage import Store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _repeats_of_earlier_edits(
 
 
 def extract_flags(settings: FixSettings, run_id: str, model_name: str) -> ExtractResult:
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     ledger = Ledger(store)
     log = read_flag_log(store)
     states = ledger.states()

@@ -13,7 +13,6 @@ from tasks.evaluate import EvaluationKeys
 from tasks.ledger import FlagState, Ledger
 from tasks.models import scratch_dir, upload_dir
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def run_gate_on(
 
     from expectations.gate import enforce, run_gate, write_data_docs
 
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     table = pd.DataFrame(store.read_json(evaluation.table))
     summary = store.read_json(evaluation.summary)
     result = run_gate(table, summary, settings.thresholds())

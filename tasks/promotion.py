@@ -9,7 +9,6 @@ from prefect import task
 
 from tasks.ledger import FlagState, Ledger
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def promote_version(
     record = promote(
         settings.registered_model, version, approver=approver, tracking_uri=settings.tracking_uri
     )
-    ledger = Ledger(open_store(settings.store_uri))
+    ledger = Ledger(settings.open_store())
     flag_ids = [
         f
         for f, entry in ledger.states().items()

@@ -9,7 +9,6 @@ from prefect import task
 
 from tasks.models import download_dir, scratch_dir
 from tasks.settings import FixSettings
-from tasks.storage import open_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ def log_run_artifacts(
     """Copy store objects or folders into the MLflow run, each under its artifact path."""
     from tasks.tracking import log_artifact
 
-    store = open_store(settings.store_uri)
+    store = settings.open_store()
     workspace = scratch_dir("mlflow")
     pairs = [
         (path, key) for path, keys in prefixes.items() for key in ([keys] if isinstance(keys, str) else keys)
@@ -37,7 +36,7 @@ def log_run_artifacts(
 def log_evaluation_metrics(settings: FixSettings, mlflow_run_id: str, summary_key: str) -> dict[str, Any]:
     from tasks.tracking import log_metrics
 
-    summary = open_store(settings.store_uri).read_json(summary_key)
+    summary = settings.open_store().read_json(summary_key)
     metrics = {
         f"eval/{name}": value
         for name, value in summary["aggregates"].items()

@@ -45,6 +45,9 @@ class FixSettings:
     reference_texts: int  # ME-PPL sentences for the perplexity check
     retry_failed_gate: bool  # also retry flags whose previous candidate failed the gate
     thresholds_path: str | None  # JSON of gate thresholds; None means the defaults
+    # Name of a Prefect Secret block holding S3 settings as JSON (endpoint_url, access_key_id,
+    # secret_access_key, region_name, addressing_style); None reads them from the environment.
+    s3_block: str | None = None
     ft_steps: int = 10  # FT / FT+KL editors: Adam steps per edit
     ft_lr: float = 1e-4  # FT / FT+KL editors: learning rate
 
@@ -81,6 +84,7 @@ class FixSettings:
             "retry_failed_gate": environ.get("MEND_RETRY_FAILED_GATE", "false").lower()
             in ("1", "true", "yes"),
             "thresholds_path": environ.get("MEND_GATE_THRESHOLDS"),
+            "s3_block": environ.get("MEND_S3_BLOCK"),
             "ft_steps": int(_number("MEND_FT_STEPS", 10)),
             "ft_lr": _number("MEND_FT_LR", 1e-4),
         }
@@ -95,6 +99,17 @@ class FixSettings:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> Self:
         return cls(**values)
+
+    def open_store(self):
+        """The flag/artifact store, with S3 settings from the Prefect block when one is named."""
+        from tasks.storage import S3Settings, open_store
+
+        s3_settings = None
+        if self.s3_block and self.store_uri.startswith("s3://"):
+            from prefect.blocks.system import Secret
+
+            s3_settings = S3Settings(**Secret.load(self.s3_block).get())
+        return open_store(self.store_uri, s3_settings=s3_settings)
 
     def thresholds(self):
         from expectations.gate import GateThresholds

@@ -48,3 +48,18 @@ def test_fix_run_with_s3_store_and_mlflow_server(
     promote_flow(version="2", approver="integration", approve=True, overrides=settings.to_json())
     assert client.get_model_version_by_alias(settings.registered_model, "champion").version == "2"
     assert Ledger(store).states()[flag.flag_id].state.value == "promoted"
+
+
+def test_s3_settings_can_come_from_a_prefect_secret_block(
+    make_settings, s3_server, s3_prefix_uri, monkeypatch
+):
+    from prefect.blocks.system import Secret
+
+    for name in ("MEND_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    Secret(value={"endpoint_url": s3_server.endpoint_url, "access_key_id": s3_server.access_key_id,
+                  "secret_access_key": s3_server.secret_access_key}).save("mend-s3-test", overwrite=True)  # fmt: skip
+    settings = make_settings(store_uri=s3_prefix_uri, s3_block="mend-s3-test")
+    store = settings.open_store()
+    store.write_text("probe.txt", "hello")
+    assert store.read_text("probe.txt") == "hello" and store.url("probe.txt").startswith("s3://")
