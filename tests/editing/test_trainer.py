@@ -38,7 +38,7 @@ def _editor_gradients(trainer: EditorTrainer, examples) -> tuple[float, dict[str
     trainer.network.eval()  # frozen normalisers: both runs see identical statistics
     loss, _ = trainer.objective(examples)
     loss.backward()
-    return float(loss), {
+    return float(loss.detach()), {
         n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None
     }
 
