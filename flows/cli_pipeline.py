@@ -112,7 +112,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load a registered version (base + changed tensors, checksum verified) and complete prompts."""
         from editing.generate import greedy_complete
-
         from tasks.models import load_version
 
         settings = _settings()
