@@ -90,7 +90,10 @@ class EditorTrainer:
             [
                 {"params": editor_parameters, "lr": config.editor_lr},
                 {"params": step_sizes, "lr": config.step_size_lr},
-            ]
+            ],
+            # The editor has ~16M parameters; the fused kernel makes Adam's update ~6x cheaper on CPU,
+            # where the unfused one otherwise costs a fifth of a cached training step.
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.cache = PrefixCache(model, scope.blocks_path, scope.first_block, self.pad_id)
         self.state = TrainerState()
