@@ -23,8 +23,7 @@ from torch import nn
 from editing.apply import EditResult, named_parameters
 from editing.config import ConfigError, FineTuneConfig, preset_for_model_type
 from editing.data import EditRecord, PromptAnswer
-from editing.evaluate import eval_mode
-from editing.forward import compute_prefix, get_blocks, scored_logits
+from editing.forward import compute_prefix, eval_mode, get_blocks, scored_logits
 from editing.losses import masked_nll, per_example_mean, token_kl
 from editing.tokens import TokenBatch, encode_batch
 

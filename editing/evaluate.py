@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import nn
 
 from editing.apply import Editor
 from editing.data import EditRecord
-from editing.forward import scored_logits
+from editing.forward import eval_mode, scored_logits
 from editing.losses import token_nll
 from editing.metrics import (
     accuracy_drawdown,
@@ -83,17 +82,6 @@ class EditEvaluation:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> EditEvaluation:
         return cls(rows=list(raw["rows"]), aggregates=dict(raw["aggregates"]))
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off for the block, then the model's previous mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _queries(records: Sequence[EditRecord]) -> list[tuple[int, str, str, str]]:

@@ -23,6 +23,17 @@ from torch import nn
 from editing.tokens import TokenBatch
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off for the block, then the model's previous mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the wanted activation is captured."""
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from editing.forward import eval_mode
 from editing.tokens import pad_token_id
 
 LOGGER = logging.getLogger(__name__)
@@ -26,17 +26,6 @@ ARTICLES = frozenset({"the", "a", "an"})
 # "ONeill". Other punctuation separates words.
 _DELETED_PUNCTUATION = re.compile(r"['’.]")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off for the block, then the model's previous mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _check_prompts(prompts: Sequence[str]) -> None:
@@ -104,7 +93,7 @@ def greedy_complete(
             )
     order = sorted(range(len(prompts)), key=lambda index: (lengths[index], index))
     completions: list[str] = [""] * len(prompts)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             texts = _complete_batch(model, tokenizer, [prompts[row] for row in rows], max_new_tokens)
