@@ -31,7 +31,12 @@ LOGGER = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 # weed derives each gRPC port as HTTP port + 10000, so both must be free and below 65536.
 GRPC_OFFSET = 10000
-PORT_RANGE = (20000, 55000)
+LOWEST_PORT = 10000
+# A port that is free when chosen can still be taken before weed binds it, most often by the kernel
+# handing it out as the local end of some outgoing connection; ports below the ephemeral range avoid
+# that, and the few remaining races are retried with fresh ports.
+START_ATTEMPTS = 3
+PORT_RACE = "address already in use"
 # Components of `weed mini` that listen on an HTTP port (each also on port + GRPC_OFFSET).
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 PROBE_BUCKET = "readiness-probe"
@@ -101,12 +106,24 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _port_range() -> tuple[int, int]:
+    """HTTP ports ``p`` for which ``p`` and ``p + GRPC_OFFSET`` both lie below the ephemeral range."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    if ephemeral_low - GRPC_OFFSET - LOWEST_PORT < 1000:  # an unusual kernel setting: use what is left
+        return 20000, 65536 - GRPC_OFFSET
+    return LOWEST_PORT, ephemeral_low - GRPC_OFFSET
+
+
 def free_http_ports(count: int, rng: random.Random | None = None) -> list[int]:
     """``count`` ports ``p`` with ``p`` and ``p + GRPC_OFFSET`` free; random so parallel runs differ."""
     rng = rng or random.Random()
+    port_range = _port_range()
     chosen: list[int] = []
     for _ in range(1000):
-        port = rng.randrange(*PORT_RANGE)
+        port = rng.randrange(*port_range)
         taken = {used + offset for used in chosen for offset in (0, GRPC_OFFSET)}
         if {port, port + GRPC_OFFSET} & taken:
             continue
@@ -114,7 +131,7 @@ def free_http_ports(count: int, rng: random.Random | None = None) -> list[int]:
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
-    raise RuntimeError(f"could not find {count} free port pairs in {PORT_RANGE}")
+    raise RuntimeError(f"could not find {count} free port pairs in {port_range}")
 
 
 def _command(
@@ -201,23 +218,14 @@ def _remove_sockets(http_ports: Iterable[int]) -> None:
             Path(path).unlink(missing_ok=True)
 
 
-@contextmanager
-def seaweed_s3_server(
-    directory: Path, *, startup_timeout_s: float = 60.0, extra_args: Sequence[str] = ()
-) -> Iterator[SeaweedS3]:
-    """Run ``weed mini`` with data, config and log under ``directory`` (which must exist);
-    ``extra_args`` are appended to its command line."""
-    access_key, secret_key = f"test{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    config_path = directory / "s3.json"
-    identity = {"name": "tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}
-    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-    config_path.write_text(json.dumps({"identities": [identity]}))
-    (directory / "data").mkdir(exist_ok=True)
+def _start(
+    directory: Path, config_path: Path, access_key: str, secret_key: str, extra_args: Sequence[str]
+) -> tuple[subprocess.Popen, SeaweedS3, dict[str, int]]:
+    """Launch ``weed mini`` on fresh free ports; the caller waits for it and always stops it."""
     ports = dict(zip(COMPONENTS, free_http_ports(len(COMPONENTS)), strict=True))
     log_path = directory / "weed.log"
     # weed reads S3_BUCKET and friends from the environment; keep the caller's out of it.
     env = {name: value for name, value in os.environ.items() if not name.startswith(("S3_", "AWS_"))}
-    started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             _command(find_weed(), directory, config_path, ports, extra_args),
@@ -237,10 +245,38 @@ def seaweed_s3_server(
         startup_seconds=0.0,
         pid=process.pid,
     )
+    return process, server, ports
+
+
+@contextmanager
+def seaweed_s3_server(
+    directory: Path, *, startup_timeout_s: float = 60.0, extra_args: Sequence[str] = ()
+) -> Iterator[SeaweedS3]:
+    """Run ``weed mini`` with data, config and log under ``directory`` (which must exist);
+    ``extra_args`` are appended to its command line."""
+    access_key, secret_key = f"test{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    config_path = directory / "s3.json"
+    identity = {"name": "tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}
+    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+    config_path.write_text(json.dumps({"identities": [identity]}))
+    (directory / "data").mkdir(exist_ok=True)
+    started = time.monotonic()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        process, server, ports = _start(directory, config_path, access_key, secret_key, extra_args)
+        try:
+            _wait_until_writable(process, server, startup_timeout_s)
+            break
+        except RuntimeError as error:
+            _stop(process)
+            _remove_sockets(ports.values())
+            if PORT_RACE not in str(error) or attempt == START_ATTEMPTS:
+                raise
+            LOGGER.warning("weed lost a port race (attempt %d); retrying on other ports", attempt)
+            shutil.rmtree(directory / "data")  # a half-started filer leaves state behind
+            (directory / "data").mkdir()
+    server = replace(server, startup_seconds=time.monotonic() - started)
+    LOGGER.info("SeaweedFS S3 ready at %s in %.1fs", server.endpoint_url, server.startup_seconds)
     try:
-        _wait_until_writable(process, server, startup_timeout_s)
-        server = replace(server, startup_seconds=time.monotonic() - started)
-        LOGGER.info("SeaweedFS S3 ready at %s in %.1fs", server.endpoint_url, server.startup_seconds)
         yield server
     finally:
         _stop(process)

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.flags import append_flags, read_flag_log
 from tasks.storage import S3Store, StoreError, open_store
-from tests.integration.seaweed import SeaweedS3, seaweed_s3_server
+from tests.integration.seaweed import COMPONENTS, GRPC_OFFSET, SeaweedS3, free_http_ports, seaweed_s3_server
 from tests.tasks.test_flags import FlagLogContract, make_flag
 from tests.tasks.test_ledger import LedgerContract
 from tests.tasks.test_storage import StoreContract
@@ -98,3 +98,10 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
         seaweed_s3_server(tmp_path, extra_args=["-dir=/dev/null/x"]),
     ):
         pass
+
+
+def test_server_ports_stay_below_the_ephemeral_range() -> None:
+    # An outgoing connection can take an ephemeral port between our check and weed's bind.
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in free_http_ports(len(COMPONENTS)):
+        assert port + GRPC_OFFSET < ephemeral_low
