@@ -18,6 +18,9 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GX_ANALYTICS_ENABLED": "false",
+    # The ephemeral Prefect API starts in a subprocess that, on a fresh install, first compiles its
+    # imports and migrates a new database: on 2 cores that takes longer than Prefect's default 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }.items():
     os.environ.setdefault(_name, _value)
 
