@@ -17,10 +17,17 @@ def _settings():
 
 
 def _prefect_home() -> None:
-    """Keep Prefect's local state (the ephemeral API's database) with the rest of the pipeline's state."""
+    """Keep Prefect's local state (the ephemeral API's database) with the rest of the pipeline's state.
+
+    Prefect creates only the last level of its home, and its ephemeral API cannot open its database
+    when that fails, so on a fresh checkout (no ``.mend`` yet) the whole path is made here.
+    """
+    from pathlib import Path
+
     from tasks.tracking import mend_home
 
-    os.environ.setdefault("PREFECT_HOME", str(mend_home() / "prefect"))
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(mend_home() / "prefect"))).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
 
 
 def register(app: typer.Typer) -> None:
