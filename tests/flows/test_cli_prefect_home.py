@@ -8,7 +8,9 @@ from flows.cli_pipeline import _prefect_home
 def test_prefect_home_is_created_with_its_parents_on_a_fresh_checkout(tmp_path, monkeypatch):
     mend_home = tmp_path / "fresh-checkout" / ".mend"
     monkeypatch.setenv("MEND_HOME", str(mend_home))
-    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    # setenv first so that monkeypatch restores the variable _prefect_home sets for the process
+    monkeypatch.setenv("PREFECT_HOME", "unset")
+    monkeypatch.delenv("PREFECT_HOME")
     _prefect_home()
     assert (mend_home / "prefect").is_dir()
 
