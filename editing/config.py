@@ -152,7 +152,11 @@ class TrainConfig(_Serializable):
     locality_loss_weight: float = 1.0  # weight of KL(pre || post) on locality prompts
     editor_lr: float = 1e-4
     step_size_lr: float = 1e-4
-    batch_size: int = 8  # edits per training step, each applied on its own
+    batch_size: int = 8  # edits per training step
+    # Edits composed into one summed update (consecutive examples of a batch). 1 trains single edits;
+    # an editor meant to apply many edits at once (a fix run) must see them composed in training, or
+    # the updates of related edits add up and wreck the model.
+    edits_per_update: int = 1
     grad_accumulation: int = 1
     grad_clip: float = 100.0
     max_steps: int = 10_000
@@ -176,7 +180,15 @@ class TrainConfig(_Serializable):
         for name in ("edit_loss_weight", "locality_loss_weight", "editor_lr", "step_size_lr", "grad_clip"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0, f"TrainConfig.{name} must be finite and >= 0")
-        for name in ("batch_size", "grad_accumulation", "max_steps", "val_every", "val_records", "log_every"):
+        for name in (
+            "batch_size",
+            "edits_per_update",
+            "grad_accumulation",
+            "max_steps",
+            "val_every",
+            "val_records",
+            "log_every",
+        ):
             _require(getattr(self, name) >= 1, f"TrainConfig.{name} must be >= 1")
         _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
         _require(

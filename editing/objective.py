@@ -48,6 +48,7 @@ def editing_objective(
     with_rewrite: bool = False,
     batched: bool = True,
     edit_loss_on_prompt: bool = False,
+    edits_per_update: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``.
 
@@ -57,6 +58,8 @@ def editing_objective(
     example gets its own ``functional_call`` with ``W + delta`` (the reference; same result, slower).
     ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit loss
     (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig).
+    ``edits_per_update`` composes consecutive examples' edits into one summed update, and scores each
+    example under its group's update: how a fix run applies its edits (the paper's batched editing).
     """
     with_rewrite = with_rewrite or edit_loss_on_prompt
     device = next(model.parameters()).device
@@ -65,14 +68,16 @@ def editing_objective(
     first_batch = collate([e.edit for e in examples] + [e.locality for e in examples], pad_id).to(device)
     captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=count)
     transformed = transform_factors(network, captured)
-    row_example = captured.row_example
+    # Factor rows (and below, scored sequences) belong to their example's group, so that every example
+    # in a group is scored under the sum of the group's edits.
+    row_group = captured.row_example // edits_per_update  # (rows,) group of each factor row
     locality_before = captured.logits[first_batch.scored_example >= count]  # (locality scored, vocab)
 
-    # Each example is edited on its own, but the vocabulary projection (the costliest layer of a small
+    # Each example (or group) is edited on its own, but the vocabulary projection (the costliest layer of a small
     # model, and memory-bound at a few rows) runs once for all examples' scored positions.
     post_pass = _batched_post_pass if batched else _per_example_post_pass
     hidden, role, owner, target = post_pass(
-        model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite
+        model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, edits_per_update
     )
     logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
@@ -108,12 +113,15 @@ def _post_sequences(examples: Sequence[TrainingExample], with_rewrite: bool):
     return sequences, owners, roles
 
 
-def _batched_post_pass(model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite):
+def _batched_post_pass(
+    model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, group_size
+):
     sequences, owners, roles = _post_sequences(examples, with_rewrite)
-    device = row_example.device
+    device = row_group.device
     batch = collate(sequences, pad_id).to(device)
     sequence_example = torch.tensor(owners, device=device)
-    updates = per_example_updates(network, transformed, row_example, len(examples), sequence_example)
+    groups = -(-len(examples) // group_size)
+    updates = per_example_updates(network, transformed, row_group, groups, sequence_example // group_size)
     with low_rank_edits(model, network.layers, updates):
         hidden = scored_hidden(model, batch, prefix=prefix_for(batch))  # (scored, hidden)
     position_sequence = batch.scored_example
@@ -122,14 +130,14 @@ def _batched_post_pass(model, network, transformed, row_example, examples, pad_i
 
 
 def _per_example_post_pass(
-    model, network, transformed, row_example, examples, pad_id, prefix_for, with_rewrite
+    model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, group_size
 ):
-    device = row_example.device
+    device = row_group.device
     hidden, roles, owners, targets = [], [], [], []
     for index, example in enumerate(examples):
         sequences = [example.rephrase, example.locality] + ([example.edit] if with_rewrite else [])
         batch = collate(sequences, pad_id).to(device)
-        weights_after = edited_weights(model, network, transformed, rows=row_example == index)
+        weights_after = edited_weights(model, network, transformed, rows=row_group == index // group_size)
         hidden.append(scored_hidden(model, batch, weights=weights_after, prefix=prefix_for(batch)))
         roles.append(batch.scored_example)
         owners.append(torch.full_like(batch.scored_example, index))

@@ -128,6 +128,7 @@ class EditorTrainer:
                 self.model, self.scope, self.network, examples, pad_id=self.pad_id,
                 prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
                 batched=self.config.batched_edits, edit_loss_on_prompt=self.config.edit_loss_on_prompt,
+                edits_per_update=self.config.edits_per_update,
             )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:

@@ -57,7 +57,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     train, held_out = split_records(records, min(100, len(records) // 10), seed=0)
     config = TrainConfig(
         max_minutes=settings.editor_train_minutes, max_steps=settings.editor_train_steps, device=device,
-        val_every=200, val_records=len(held_out),
+        val_every=200, val_records=len(held_out), edits_per_update=settings.editor_edits_per_update,
     )  # fmt: skip
     out = scratch_dir("editor") / "editor"
     started = time.perf_counter()

@@ -39,6 +39,9 @@ class FixSettings:
     # CounterFact train records used to train an editor. Under a short CPU budget a smaller set seen
     # several times (its frozen prefixes cached after the first pass) beats one slow pass over more.
     editor_train_records: int
+    # Edits composed into one update while training that editor: a fix run applies all its edits as
+    # one summed update, which an editor trained only on single edits cannot take (see README).
+    editor_edits_per_update: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     locality_pool_prompts: int  # reference prompts (CounterFact neighbourhood prompts) in the pool
     locality_per_edit: int  # locality probes per edit (half hard neighbours, half random)
@@ -58,6 +61,7 @@ class FixSettings:
             "editor_train_minutes",
             "editor_train_steps",
             "editor_train_records",
+            "editor_edits_per_update",
             "locality_per_edit",
         ):
             if getattr(self, name) <= 0:
@@ -77,6 +81,7 @@ class FixSettings:
             "editor_train_minutes": _number("MEND_EDITOR_TRAIN_MINUTES", 8.0),
             "editor_train_steps": int(_number("MEND_EDITOR_TRAIN_STEPS", 100_000)),
             "editor_train_records": int(_number("MEND_EDITOR_TRAIN_RECORDS", 2_000)),
+            "editor_edits_per_update": int(_number("MEND_EDITOR_EDITS_PER_UPDATE", 8)),
             "data_dir": str(_default_data_dir()),
             "locality_pool_prompts": int(_number("MEND_LOCALITY_POOL_PROMPTS", 200)),
             "locality_per_edit": int(_number("MEND_LOCALITY_PER_EDIT", 4)),

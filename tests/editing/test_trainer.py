@@ -91,8 +91,10 @@ def test_training_record_without_locality_names_record_and_field(tiny_llama, rec
         encode_training_examples(tiny_llama.tokenizer, [broken])
 
 
-def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, records):
-    trainer = _trainer(tiny_model, records)
+@pytest.mark.parametrize("edits_per_update", [1, 2, 3])
+def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, records, edits_per_update):
+    # 3 does not divide the 4 examples: the last group holds a single edit.
+    trainer = _trainer(tiny_model, records, edits_per_update=edits_per_update)
     examples = trainer.train_examples[:4]
     batched_loss, batched = _editor_gradients(trainer, examples)
     trainer.config = trainer.config.replace(batched_edits=False)
@@ -100,6 +102,20 @@ def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, re
     assert batched_loss == pytest.approx(reference_loss, rel=1e-5)
     for name in reference:
         torch.testing.assert_close(batched[name], reference[name], rtol=1e-4, atol=1e-7)
+
+
+def test_composed_edits_score_each_example_under_the_sum_of_its_group(tiny_llama, records):
+    # Each example of a group sees the others' edits too, so the loss differs from single edits; a
+    # group of one is exactly the single-edit objective.
+    def loss(**overrides) -> float:
+        trainer = _trainer(tiny_llama, records, **overrides)
+        with torch.no_grad():
+            trainer.network.step_sizes.fill_(1.0)  # edits large enough to interact visibly
+        return _editor_gradients(trainer, trainer.train_examples[:4])[0]
+
+    single_loss = loss()
+    assert loss(edits_per_update=4) != pytest.approx(single_loss, rel=1e-3)
+    assert loss(edits_per_update=1) == single_loss
 
 
 def test_time_budget_and_early_stopping_end_training(tiny_llama, records):
