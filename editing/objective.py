@@ -73,8 +73,8 @@ def editing_objective(
     row_group = captured.row_example // edits_per_update  # (rows,) group of each factor row
     locality_before = captured.logits[first_batch.scored_example >= count]  # (locality scored, vocab)
 
-    # Each example (or group) is edited on its own, but the vocabulary projection (the costliest layer of a small
-    # model, and memory-bound at a few rows) runs once for all examples' scored positions.
+    # Each example (or group) is edited on its own, but the vocabulary projection (the costliest layer
+    # of a small model, and memory-bound at a few rows) runs once for all examples' scored positions.
     post_pass = _batched_post_pass if batched else _per_example_post_pass
     hidden, role, owner, target = post_pass(
         model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, edits_per_update
@@ -120,7 +120,7 @@ def _batched_post_pass(
     device = row_group.device
     batch = collate(sequences, pad_id).to(device)
     sequence_example = torch.tensor(owners, device=device)
-    groups = -(-len(examples) // group_size)
+    groups = -(-len(examples) // group_size)  # ceil: the last group may be smaller
     updates = per_example_updates(network, transformed, row_group, groups, sequence_example // group_size)
     with low_rank_edits(model, network.layers, updates):
         hidden = scored_hidden(model, batch, prefix=prefix_for(batch))  # (scored, hidden)
