@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,8 +23,6 @@ def _prefect_home() -> None:
     Prefect creates only the last level of its home, and its ephemeral API cannot open its database
     when that fails, so on a fresh checkout (no ``.mend`` yet) the whole path is made here.
     """
-    from pathlib import Path
-
     from tasks.tracking import mend_home
 
     home = Path(os.environ.setdefault("PREFECT_HOME", str(mend_home() / "prefect"))).expanduser()
