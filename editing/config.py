@@ -150,6 +150,10 @@ class TrainConfig(_Serializable):
     # the edited prompt itself less fixed than its paraphrase in our runs on SmolLM2.
     edit_loss_on_prompt: bool = True
     locality_loss_weight: float = 1.0  # weight of KL(pre || post) on locality prompts
+    # Weight of KL(pre || post) on general text paired with each example (0: none). The paper's
+    # locality inputs are unrelated text; CounterFact's are same-relation prompts, which leave ordinary
+    # text unguarded, and summed edits then raise perplexity (see README).
+    general_text_loss_weight: float = 0.0
     editor_lr: float = 1e-4
     step_size_lr: float = 1e-4
     batch_size: int = 8  # edits per training step
@@ -177,7 +181,14 @@ class TrainConfig(_Serializable):
     log_every: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("edit_loss_weight", "locality_loss_weight", "editor_lr", "step_size_lr", "grad_clip"):
+        for name in (
+            "edit_loss_weight",
+            "locality_loss_weight",
+            "general_text_loss_weight",
+            "editor_lr",
+            "step_size_lr",
+            "grad_clip",
+        ):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0, f"TrainConfig.{name} must be finite and >= 0")
         for name in (

@@ -4,6 +4,7 @@ Three sources, in order of trust: the flag's own paraphrases, deterministic temp
 equivalent wordings per relation, plus the prompt formats "Q: ...\\nA:", "Question: ...\\nAnswer:" and the
 bare question), and paraphrases written by the base model from a few-shot prompt. Model paraphrases are
 kept only when they still ask the same question (``paraphrase_rejection``). Nothing needs a service.
+``editing.equivalence_set`` assembles them for one flag.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def is_question(core: str) -> bool:
     return core.rstrip().endswith("?")
 
 
-def _same(first: str, second: str) -> bool:
+def same_prompt(first: str, second: str) -> bool:
     return " ".join(first.casefold().split()) == " ".join(second.casefold().split())
 
 
@@ -136,10 +137,10 @@ def relation_rewrites(core: str, subject: str | None = None) -> list[str]:
     return rewrites
 
 
-def _dedupe(prompt: str, candidates: Sequence[str]) -> list[str]:
+def dedupe(prompt: str, candidates: Sequence[str]) -> list[str]:
     kept: list[str] = []
     for candidate in candidates:
-        if not _same(candidate, prompt) and not any(_same(candidate, seen) for seen in kept):
+        if not same_prompt(candidate, prompt) and not any(same_prompt(candidate, seen) for seen in kept):
             kept.append(candidate)
     return kept
 
@@ -163,7 +164,7 @@ def template_paraphrases(prompt: str, subject: str | None = None) -> list[str]:
             candidates.append(core)
     for text in other_kind:
         candidates.append((wrapper or WRAPPERS[0]).wrap(text) if is_question(text) else text)
-    return _dedupe(prompt, candidates)
+    return dedupe(prompt, candidates)
 
 
 # Words too common to show that a paraphrase is about the same thing.
@@ -220,7 +221,7 @@ def paraphrase_rejection(prompt: str, candidate: str, subject: str | None = None
     candidate_core, candidate_wrapper = split_prompt(candidate)
     if not candidate_core:
         return "empty"
-    if _same(candidate_core, core):
+    if same_prompt(candidate_core, core):
         return "same as the prompt"
     if len(candidate_core.split()) > 2 * len(core.split()) + 4:
         return "too long"
@@ -250,7 +251,7 @@ def filter_paraphrases(prompt: str, candidates: Sequence[str], subject: str | No
     """The candidates that pass ``paraphrase_rejection``, deduplicated; each rejection is logged."""
     kept: list[str] = []
     for candidate in candidates:
-        if any(_same(candidate, seen) for seen in kept):
+        if any(same_prompt(candidate, seen) for seen in kept):
             LOGGER.debug("paraphrase %r of %r rejected: duplicate", candidate, prompt)
             continue
         reason = paraphrase_rejection(prompt, candidate, subject)
@@ -322,29 +323,3 @@ def model_paraphrases(
     texts = greedy_complete(model, tokenizer, few_shot, max_new_tokens=max_new_tokens)
     candidates = [wrapper.wrap(text) if wrapper else text for text in texts]
     return filter_paraphrases(prompt, candidates, subject)[:count]
-
-
-def equivalence_prompts(
-    prompt: str,
-    given: Sequence[str] = (),
-    subject: str | None = None,
-    *,
-    model: nn.Module | None = None,
-    tokenizer=None,
-    max_total: int = 4,
-) -> list[str]:
-    """Up to ``max_total`` equivalence prompts: the flag's own, then templates, then the model's."""
-    if (model is None) != (tokenizer is None):
-        raise ValueError("pass both model and tokenizer for model paraphrases, or neither")
-    own = []
-    for position, text in enumerate(given):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"given paraphrase {position}: expected a non-empty string, got {text!r}")
-        if _same(text, prompt):
-            LOGGER.info("given paraphrase %d is the prompt itself; not used", position)
-        own.append(text.strip())
-    prompts = _dedupe(prompt, [*own, *template_paraphrases(prompt, subject)])
-    if model is not None and len(prompts) < max_total:
-        generated = model_paraphrases(model, tokenizer, prompt, subject, count=max_total - len(prompts))
-        prompts = _dedupe(prompt, [*prompts, *generated])
-    return prompts[:max_total]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from editing.answers import first_clause
 from editing.data import PromptAnswer, RecordError
 from editing.generate import greedy_complete, normalise_words
 
@@ -58,7 +59,8 @@ class PoolMetadata:
 def build_locality_pool(
     model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 6
 ) -> PoolBuild:
-    """The model's own greedy answer to each prompt; repeated prompts and empty answers are rejected."""
+    """The model's own greedy answer to each prompt, cut to its first clause (``first_clause``: what a
+    changed answer means, not a changed trailing word); repeated prompts and empty answers are rejected."""
     unique: list[str] = []
     rejected: list[RejectedPrompt] = []
     seen: set[str] = set()
@@ -76,7 +78,7 @@ def build_locality_pool(
     pool = []
     for prompt, completion in zip(unique, completions, strict=True):
         if completion:
-            pool.append(PromptAnswer(prompt, completion, POOL_KIND))
+            pool.append(PromptAnswer(prompt, first_clause(completion), POOL_KIND))
         else:
             rejected.append(RejectedPrompt(prompt, "empty completion"))
     if rejected:

@@ -1,5 +1,6 @@
 """The editor's training objective (paper eq. 3): after an edit, the equivalent input must produce the
-new target (edit loss) and an unrelated input must keep its output distribution (locality loss).
+new target (edit loss) and an unrelated input must keep its output distribution (locality loss). Examples
+that carry general text add a second locality term over every scored position of that text.
 
 Edits in a batch are independent: each example is edited on its own, exactly as at deployment, and the
 batch loss is the mean over examples.
@@ -29,6 +30,11 @@ PrefixFn = Callable[[TokenBatch], "tuple[str, int, torch.Tensor] | None"]
 class LossWeights:
     edit: float
     locality: float
+    general: float = 0.0  # KL on the examples' general text, where they carry one
+
+
+# Roles of the sequences scored after an edit.
+REPHRASE, LOCALITY, REWRITE, GENERAL = range(4)
 
 
 def _accuracy(predictions: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, count: int) -> float:
@@ -65,13 +71,18 @@ def editing_objective(
     device = next(model.parameters()).device
     count = len(examples)
     # One pass gives the edits' factors and, riding along, the locality prompts' pre-edit logits.
-    first_batch = collate([e.edit for e in examples] + [e.locality for e in examples], pad_id).to(device)
+    general_texts = [e.general for e in examples if e.general is not None]
+    first_batch = collate(
+        [e.edit for e in examples] + [e.locality for e in examples] + general_texts, pad_id
+    ).to(device)
     captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=count)
     transformed = transform_factors(network, captured)
     # Factor rows (and below, scored sequences) belong to their example's group, so that every example
     # in a group is scored under the sum of the group's edits.
     row_group = captured.row_example // edits_per_update  # (rows,) group of each factor row
-    locality_before = captured.logits[first_batch.scored_example >= count]  # (locality scored, vocab)
+    first_sequence = first_batch.scored_example  # (first-pass scored,)
+    locality_before = captured.logits[(first_sequence >= count) & (first_sequence < 2 * count)]
+    general_before = captured.logits[first_sequence >= 2 * count]  # (general scored, vocab)
 
     # Each example (or group) is edited on its own, but the vocabulary projection (the costliest layer
     # of a small model, and memory-bound at a few rows) runs once for all examples' scored positions.
@@ -81,11 +92,13 @@ def editing_objective(
     )
     logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
-    rephrase, locality = role == 0, role == 1
-    equivalent = rephrase | (role == 2) if edit_loss_on_prompt else rephrase
+    rephrase, locality, general = role == REPHRASE, role == LOCALITY, role == GENERAL
+    equivalent = rephrase | (role == REWRITE) if edit_loss_on_prompt else rephrase
     edit_loss = per_example_mean(token_nll(logits[equivalent], target[equivalent]), owner[equivalent], count)
     locality_kl = per_example_mean(token_kl(locality_before, logits[locality]), owner[locality], count)
-    total = (weights.edit * edit_loss + weights.locality * locality_kl).mean()
+    # Examples without general text contribute zero here (per_example_mean of nothing).
+    general_kl = per_example_mean(token_kl(general_before, logits[general]), owner[general], count)
+    total = (weights.edit * edit_loss + weights.locality * locality_kl + weights.general * general_kl).mean()
     predictions = logits.detach().argmax(dim=-1)
     metrics = {
         "loss": float(total.detach()),
@@ -96,20 +109,34 @@ def editing_objective(
             predictions[locality], locality_before.argmax(dim=-1), owner[locality], count
         ),
     }
+    if general_texts:
+        metrics["general_kl"] = float(general_kl.detach().sum() / len(general_texts))
     if with_rewrite:
-        rewrite = role == 2
+        rewrite = role == REWRITE
         metrics["rewrite_acc"] = _accuracy(predictions[rewrite], target[rewrite], owner[rewrite], count)
     return total, metrics
 
 
+def _example_sequences(
+    example: TrainingExample, with_rewrite: bool
+) -> list[tuple[tuple[list[int], int], int]]:
+    """The sequences scored after ``example``'s edit, each with its role, in a fixed order."""
+    chosen = [(example.rephrase, REPHRASE), (example.locality, LOCALITY)]
+    if with_rewrite:
+        chosen.append((example.edit, REWRITE))
+    if example.general is not None:
+        chosen.append((example.general, GENERAL))
+    return chosen
+
+
 def _post_sequences(examples: Sequence[TrainingExample], with_rewrite: bool):
-    """The sequences scored after each edit, with their example and role (0 rephrase, 1 locality, 2 edit)."""
+    """The sequences scored after the edits, with the example and the role of each."""
     sequences, owners, roles = [], [], []
     for index, example in enumerate(examples):
-        chosen = [example.rephrase, example.locality] + ([example.edit] if with_rewrite else [])
-        sequences += chosen
-        owners += [index] * len(chosen)
-        roles += list(range(len(chosen)))
+        for sequence, sequence_role in _example_sequences(example, with_rewrite):
+            sequences.append(sequence)
+            owners.append(index)
+            roles.append(sequence_role)
     return sequences, owners, roles
 
 
@@ -135,11 +162,11 @@ def _per_example_post_pass(
     device = row_group.device
     hidden, roles, owners, targets = [], [], [], []
     for index, example in enumerate(examples):
-        sequences = [example.rephrase, example.locality] + ([example.edit] if with_rewrite else [])
-        batch = collate(sequences, pad_id).to(device)
+        sequences, sequence_roles = zip(*_example_sequences(example, with_rewrite), strict=True)
+        batch = collate(list(sequences), pad_id).to(device)
         weights_after = edited_weights(model, network, transformed, rows=row_group == index // group_size)
         hidden.append(scored_hidden(model, batch, weights=weights_after, prefix=prefix_for(batch)))
-        roles.append(batch.scored_example)
+        roles.append(torch.tensor(sequence_roles, device=device)[batch.scored_example])
         owners.append(torch.full_like(batch.scored_example, index))
         targets.append(batch.scored_targets)
     return torch.cat(hidden), torch.cat(roles), torch.cat(owners), torch.cat(targets)

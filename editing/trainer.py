@@ -98,7 +98,9 @@ class EditorTrainer:
         self.cache = PrefixCache(model, scope.blocks_path, scope.first_block, self.pad_id)
         self.state = TrainerState()
         self.best_network: dict[str, torch.Tensor] | None = None
-        self.weights = LossWeights(config.edit_loss_weight, config.locality_loss_weight)
+        self.weights = LossWeights(
+            config.edit_loss_weight, config.locality_loss_weight, config.general_text_loss_weight
+        )
 
     def _prefix_for(self, batch: TokenBatch):
         return self.cache.prefix(batch) if self.config.prefix_cache else None

@@ -19,7 +19,7 @@ from editing.editor_net import MendNetwork
 from editing.models import LoadedModel
 from editing.targets import resolve_scope
 from editing.trainer import EditorTrainer, MetricsCallback
-from editing.training_data import encode_training_examples
+from editing.training_data import TrainingExample, encode_training_examples, with_general_texts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,10 +52,15 @@ def train_editor(
     train_config: TrainConfig = TrainConfig(),
     editor_config: EditorConfig = EditorConfig(),
     resume: bool = False,
+    general_texts: Sequence[str] = (),
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TrainingRun:
-    """Train (or resume) a MEND editor for ``loaded`` and save it to ``out_dir`` after each validation."""
+    """Train (or resume) a MEND editor for ``loaded`` and save it to ``out_dir`` after each validation.
+
+    ``general_texts`` (needed when ``train_config.general_text_loss_weight`` > 0) are paired with the
+    examples, training ones first and validation ones after them.
+    """
     out_dir = Path(out_dir)
     scope = resolve_scope(loaded.model)
     torch.manual_seed(train_config.seed)
@@ -65,8 +70,7 @@ def train_editor(
         loaded.tokenizer,
         scope,
         network,
-        encode_training_examples(loaded.tokenizer, train_records),
-        encode_training_examples(loaded.tokenizer, val_records),
+        *_encode(loaded.tokenizer, train_records, val_records, train_config, general_texts),
         train_config,
         on_metrics=on_metrics,
         on_progress=on_progress,
@@ -90,6 +94,25 @@ def train_editor(
     trainer.fit(on_checkpoint=checkpoint)
     checkpoint(trainer)  # the best network, now loaded into the trainer
     return TrainingRun(out_dir, trainer.summary())
+
+
+def _encode(
+    tokenizer,
+    train_records: Sequence[EditRecord],
+    val_records: Sequence[EditRecord],
+    config: TrainConfig,
+    general_texts: Sequence[str],
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    train = encode_training_examples(tokenizer, train_records)
+    val = encode_training_examples(tokenizer, val_records)
+    if config.general_text_loss_weight == 0:
+        return train, val
+    if not general_texts:
+        raise ValueError("general_text_loss_weight > 0 needs general_texts to train on")
+    # Validation pairs with the texts after the training ones (wrapping round when there are few).
+    offset = len(train) % len(general_texts)
+    rotated = list(general_texts[offset:]) + list(general_texts[:offset])
+    return with_general_texts(tokenizer, train, general_texts), with_general_texts(tokenizer, val, rotated)
 
 
 def _final_metrics(trainer: EditorTrainer) -> dict[str, Any]:

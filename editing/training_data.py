@@ -1,9 +1,10 @@
-"""Training examples for the editor: each record's edit, equivalence (rephrase) and locality sequences."""
+"""Training examples for the editor: each record's edit, equivalence (rephrase) and locality sequences,
+and optionally a stretch of general text that no edit may disturb."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from editing.data import EditRecord
 from editing.tokens import encode_example
@@ -17,9 +18,13 @@ class TrainingExample:
     edit: Encoded  # prompt -> target_new: the edit the editor is given
     rephrase: Encoded  # rephrase -> target_new: must hold after the edit
     locality: Encoded  # unrelated prompt -> its answer: must not change
+    # General text whose next-token distributions must not change at any scored position. Locality
+    # probes cover a few answer tokens; this keeps the (summed) update off ordinary text as well.
+    general: Encoded | None = None
 
-    def sequences(self) -> tuple[list[int], list[int], list[int]]:
-        return self.edit[0], self.rephrase[0], self.locality[0]
+    def sequences(self) -> tuple[list[int], ...]:
+        sequences = (self.edit[0], self.rephrase[0], self.locality[0])
+        return sequences if self.general is None else (*sequences, self.general[0])
 
 
 class TrainingDataError(ValueError):
@@ -44,3 +49,32 @@ def encode_training_examples(tokenizer, records: Sequence[EditRecord]) -> list[T
             )
         )
     return examples
+
+
+def encode_general_text(tokenizer, text: str, *, max_tokens: int, scored_tokens: int) -> Encoded:
+    """The first ``max_tokens`` tokens of ``text``, scoring the last ``scored_tokens`` of them (at least
+    the second token): later positions see more context, and scoring fewer keeps the vocabulary
+    projection, the costliest layer here, cheap."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
+    if len(ids) < 2:
+        raise TrainingDataError(f"general text {text[:40]!r} has fewer than two tokens")
+    return ids, max(1, len(ids) - scored_tokens)
+
+
+def with_general_texts(
+    tokenizer,
+    examples: Sequence[TrainingExample],
+    texts: Sequence[str],
+    *,
+    max_tokens: int = 32,
+    scored_tokens: int = 16,
+) -> list[TrainingExample]:
+    """Each example paired with one general text, round robin, so the pairing (and the prefix cache's
+    keys) stays fixed across epochs. Texts shorter than two tokens are an error, never skipped."""
+    if not texts:
+        raise TrainingDataError("no general texts given")
+    encoded = [
+        encode_general_text(tokenizer, text, max_tokens=max_tokens, scored_tokens=scored_tokens)
+        for text in texts[: len(examples)]
+    ]
+    return [replace(example, general=encoded[index % len(encoded)]) for index, example in enumerate(examples)]

@@ -1,13 +1,12 @@
 """The edit gate: a Great Expectations suite over an edited model's evaluation, and the rule that enforces it.
 
-Two batches are validated: the per-edit table (one row per edit: ``record_id, edit_success,
-paraphrase_success, locality_unchanged, locality_kl``) and a one-row model summary (perplexity before and
-after, retention of previously promoted edits). Their results are merged into one GX result, one Data Docs
-page and one list of ``ExpectationOutcome``. ``enforce`` raises ``GateFailed`` on any failure: a gate that
-only reports would let a broken model be promoted.
-
-Thresholds compare with ``FLOAT_SLACK`` of room, so a value exactly at its threshold passes even when
-floating-point averaging lands a hair on the wrong side of it.
+Two batches are validated: the per-edit table (one row per edit) and a one-row model summary
+(perplexity before and after, retention of previously promoted edits), both checked and turned into
+frames by ``expectations.gate_inputs``. Their results are merged into one GX result, one Data Docs page
+and one list of ``ExpectationOutcome``; the thresholds are named values in ``GateThresholds``.
+``enforce`` raises ``GateFailed`` on any failure: a gate that only reports would let a broken model be
+promoted. Thresholds compare with ``FLOAT_SLACK`` of room, so a value exactly at its threshold passes
+even when floating-point averaging lands a hair on the wrong side of it.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from expectations.context import (
     table_section,
     validate_frame,
 )
+from expectations.gate_inputs import edits_frame, model_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,19 +38,12 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 FLOAT_SLACK = 1e-9
-TABLE_COLUMNS = ("record_id", "edit_success", "paraphrase_success", "locality_unchanged", "locality_kl")
-METRIC_COLUMNS = TABLE_COLUMNS[1:]
-SUMMARY_KEYS = ("perplexity_before", "perplexity_after", "retention")
 DATA_DOCS_FILE = "edit_gate.html"
 _MAX_LISTED_IDS = 10
 
 
 class ThresholdError(ValueError):
     """A gate threshold is missing, of the wrong type or out of range."""
-
-
-class GateInputError(ValueError):
-    """The evaluation table or summary handed to the gate is malformed (a bug upstream, not a verdict)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +170,7 @@ _THRESHOLD_NAMES = frozenset(item.name for item in fields(GateThresholds))
 
 def run_gate(table: pd.DataFrame, summary: dict[str, Any], thresholds: GateThresholds) -> GateResult:
     """Validate one candidate's evaluation against ``thresholds``; see ``enforce`` to act on the result."""
-    edits, model = _edits_frame(table), _model_frame(summary)
+    edits, model = edits_frame(table), model_frame(summary)
     not_applicable = _not_applicable(edits, model)
     suites = {}
     for batch, frame in (("edits", edits), ("model", model)):
@@ -246,44 +239,6 @@ def write_data_docs(result: GateResult, out_dir: Path) -> Path:
     path = out_dir / DATA_DOCS_FILE
     path.write_text(render_validation_page(result.result_json, extra_sections=[decision]))
     return path
-
-
-def _edits_frame(table: pd.DataFrame) -> pd.DataFrame:
-    import pandas as pd
-
-    missing = [column for column in TABLE_COLUMNS if column not in table.columns]
-    if missing:
-        raise GateInputError(f"evaluation table lacks column(s) {missing}; it has {list(table.columns)}")
-    # Positional index: GX reports failing rows by index label, which must map back to record ids.
-    frame = table.loc[:, list(TABLE_COLUMNS)].reset_index(drop=True)
-    for column in METRIC_COLUMNS:
-        try:
-            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
-        except (TypeError, ValueError) as error:
-            raise GateInputError(f"evaluation table column {column!r} is not numeric: {error}") from error
-    return frame
-
-
-def _model_frame(summary: dict[str, Any]) -> pd.DataFrame:
-    import pandas as pd
-
-    missing = [key for key in SUMMARY_KEYS if key not in summary]
-    if missing:
-        raise GateInputError(f"evaluation summary lacks key(s) {missing}; retention may be None, not absent")
-    values = {key: _as_float(key, summary[key]) for key in SUMMARY_KEYS}
-    before, after = values["perplexity_before"], values["perplexity_after"]
-    # NaN (not inf) when the two cannot be compared: GX treats it as missing, so the check fails on it.
-    comparable = math.isfinite(before) and math.isfinite(after) and before > 0
-    values["perplexity_increase"] = after / before - 1.0 if comparable else math.nan
-    return pd.DataFrame({key: [value] for key, value in values.items()}, dtype="float64")
-
-
-def _as_float(key: str, value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise GateInputError(f"evaluation summary {key!r} must be a number or None, got {value!r}")
-    return float(value)
 
 
 def _not_applicable(edits: pd.DataFrame, model: pd.DataFrame) -> dict[str, str]:

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
+from flows.locks import ledger_lock
 from tasks.apply import apply_task
 from tasks.candidate import register_task
 from tasks.dataset import assemble_task
@@ -50,16 +50,10 @@ def _run_id() -> str:
     return str(context.flow_run.id) if context and context.flow_run else uuid.uuid4().hex
 
 
-# Fix and promotion runs read, check and then write the flag ledger, so they must not overlap. With a
-# global concurrency limit of this name (`prefect gcl create mend-ledger --limit 1`) Prefect queues
-# them across all deployments; without one (ephemeral runs) the context below is a no-op.
-LEDGER_LIMIT = "mend-ledger"
-
-
 @flow(name="nightly-fix")
 def nightly_fix(overrides: dict[str, Any] | None = None) -> FixSummary:
     """Turn pending flags into a gated candidate; a failing gate raises (and registers nothing)."""
-    with concurrency(LEDGER_LIMIT, occupy=1):
+    with ledger_lock():  # fix and promotion runs never overlap
         return _fix(overrides)
 
 

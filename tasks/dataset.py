@@ -83,7 +83,7 @@ def _retention_records(store: Store, ledger: Ledger) -> list[EditRecord]:
 
 
 def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int) -> list[EditRecord]:
-    from editing.equivalence import equivalence_prompts
+    from editing.equivalence_set import equivalence_prompts
     from editing.locality import prompt_embeddings, select_locality
 
     edited = {normalize(flag.prompt) for flag in flags}

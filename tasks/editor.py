@@ -14,6 +14,7 @@ from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
 EDITOR_URI_PREFIX = "models:/mend-editor/"
+GENERAL_TEXTS = "me_ppl/ME-PPL.json"
 
 
 def find_editor_uri(settings: FixSettings, base_fingerprint: str) -> str | None:
@@ -34,6 +35,17 @@ def editor_checkpoint(settings: FixSettings, editor_uri: str) -> Path:
     directory = download(editor_uri.removeprefix(EDITOR_URI_PREFIX), tracking_uri=settings.tracking_uri)
     read_description(directory)  # a readable checkpoint, or a clear error now rather than mid-edit
     return directory
+
+
+def general_texts(settings: FixSettings, count: int) -> list[str]:
+    """ME-PPL sentences for the editor's general-text term, none of them among the gate's reference
+    texts (ME-PPL_1k, a subset of ME-PPL): training must not see what the perplexity check scores."""
+    from editing.data import read_texts
+    from tasks.evaluate import REFERENCE_TEXTS
+
+    held_out = set(read_texts(settings.data_file(REFERENCE_TEXTS)))
+    texts = [text for text in read_texts(settings.data_file(GENERAL_TEXTS)) if text not in held_out]
+    return texts[:count]
 
 
 def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
@@ -58,6 +70,8 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     config = TrainConfig(
         max_minutes=settings.editor_train_minutes, max_steps=settings.editor_train_steps, device=device,
         val_every=200, val_records=len(held_out), edits_per_update=settings.editor_edits_per_update,
+        locality_loss_weight=settings.editor_locality_weight,
+        general_text_loss_weight=settings.editor_general_text_weight,
     )  # fmt: skip
     out = scratch_dir("editor") / "editor"
     started = time.perf_counter()
@@ -66,7 +80,10 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     ) as run_id:
         log_params({"device": device, "train_records": len(train), **config.to_dict()}, run_id=run_id)
         on_metrics = metrics_callback(run_id=run_id)
-        run = train_editor(loaded, train, held_out, out, train_config=config, on_metrics=on_metrics)
+        run = train_editor(
+            loaded, train, held_out, out, train_config=config, on_metrics=on_metrics,
+            general_texts=general_texts(settings, len(records)) if config.general_text_loss_weight else (),
+        )  # fmt: skip
         best = next((v for v in run.summary["validations"] if v["step"] == run.summary["best_step"]), None)
         metrics = {f"best_{name}": value for name, value in (best or {}).items()}
         metrics["train_seconds"] = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Promotion and rollback: move the ``champion`` alias (registry rules) and keep the flag ledger in step."""
+"""Promotion and rollback tasks: move ``champion`` (rules in ``tasks.champion``) and update the ledger."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def promote_version(
     ``approve=True`` records ``approver``'s approval first (the CLI's ``--approve``); otherwise the
     approval must already be on the version (e.g. set as a tag in the MLflow UI).
     """
-    from tasks.registry import approve as approve_version
-    from tasks.registry import promote
+    from tasks.champion import approve as approve_version
+    from tasks.champion import promote
 
     if approve:
         if not approver:
@@ -46,7 +46,7 @@ def promote_version(
 def rollback_champion(settings: FixSettings) -> str:
     """Move ``champion`` back to the version it replaced. Flags stay ``promoted``: their edits remain in
     the registry and can be promoted again; a rollback is a serving decision, not a verdict on flags."""
-    from tasks.registry import rollback
+    from tasks.champion import rollback
 
     return rollback(settings.registered_model, tracking_uri=settings.tracking_uri)
 

@@ -1,13 +1,12 @@
-"""The model registry for edited models: the base model, gated candidates, approval, promotion, rollback.
+"""The model registry for edited models: the base model and gated candidates, registered and looked up.
 
 Edited models are one registered model (default ``mend-smollm2-135m-instruct``) whose version 1 is the
 base model (an empty snapshot) and whose later versions are candidates: snapshots of edits that passed
-the evaluation gate. Two aliases carry the workflow: ``candidate`` (newest registered candidate) and
-``champion`` (what production serves). ``champion`` moves only to a version whose gate passed and that
-a person approved; each promotion records the previous champion on the new one, so ``rollback`` can
-walk back. All state lives in MLflow tags and aliases, visible and editable in the MLflow UI.
-
-Trained editors have their own registered model; see ``tasks.editor_registry``.
+the evaluation gate, the newest named by the ``candidate`` alias. This module registers them, finds
+versions by number, alias or run key, and holds the tag names and client helpers that the rest of the
+registry code shares. Moving ``champion`` (approval, promotion, rollback) is in ``tasks.champion``;
+trained editors have their own registered model in ``tasks.editor_registry``. All state lives in MLflow
+tags and aliases, visible and editable in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editing.snapshot import SnapshotMetadata, load_snapshot, save_snapshot, utc_now
+from editing.snapshot import SnapshotMetadata, load_snapshot, save_snapshot
 from tasks.tracking import DEFAULT_EXPERIMENT, configure_tracking, fix_run
 
 if TYPE_CHECKING:
@@ -60,19 +58,6 @@ class RegistryError(RuntimeError):
 
 class GateFailedError(RegistryError):
     """A candidate whose evaluation gate failed was offered for registration."""
-
-
-class PromotionRefused(RegistryError):
-    """Promotion (or approval) was refused: the gate did not pass or nobody approved."""
-
-
-@dataclass(frozen=True)
-class PromotionRecord:
-    model_name: str
-    version: str
-    previous_champion: str | None
-    promoted_by: str
-    promoted_at: str
 
 
 def registry_client(tracking_uri: str | None = None) -> MlflowClient:
@@ -127,7 +112,8 @@ def resolve_version(model_name: str, version_or_alias: str | int, *, tracking_ur
         raise RegistryError(f"{model_name}: no version or alias {key!r} ({error.message})") from error
 
 
-def _alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist yet."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -140,7 +126,7 @@ def _alias_version(client: MlflowClient, model_name: str, alias: str) -> str | N
 
 def champion_version(model_name: str = DEFAULT_MODEL_NAME, *, tracking_uri: str | None = None) -> str | None:
     """The version the ``champion`` alias points at, or None when there is none yet."""
-    return _alias_version(registry_client(tracking_uri), model_name, CHAMPION)
+    return alias_version(registry_client(tracking_uri), model_name, CHAMPION)
 
 
 def ensure_registered_model(client: MlflowClient, model_name: str, description: str) -> None:
@@ -217,7 +203,7 @@ def ensure_base_registered(
         with tempfile.TemporaryDirectory() as scratch, _run_for(run_id, "register-base") as target_run:
             snapshot_dir = save_snapshot(Path(scratch) / "snapshot", {}, metadata)
             version = str(_register_snapshot(client, model_name, snapshot_dir, target_run, tags).version)
-    if _alias_version(client, model_name, CHAMPION) is None:
+    if alias_version(client, model_name, CHAMPION) is None:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         LOGGER.info("%s: base version %s is champion", model_name, version)
     return version
@@ -279,88 +265,3 @@ def register_candidate(
     version = str(_register_snapshot(client, model_name, Path(snapshot_dir), run_id, tags).version)
     client.set_registered_model_alias(model_name, CANDIDATE, version)
     return version
-
-
-def _gate_passed(version: ModelVersion) -> bool:
-    return version.tags.get(Tag.GATE_PASSED, "").lower() == "true"
-
-
-def approve(model_name: str, version: str | int, approver: str, *, tracking_uri: str | None = None) -> None:
-    """Record that ``approver`` approved promoting ``version`` (tags ``approved_by``/``approved_at``)."""
-    if not approver or not approver.strip():
-        raise ValueError("approve: approver must be a non-empty name")
-    client = registry_client(tracking_uri)
-    model_version = client.get_model_version(model_name, str(version))
-    if not _gate_passed(model_version):
-        raise PromotionRefused(
-            f"{model_name} version {version}: cannot approve, its evaluation gate did not pass"
-        )
-    client.set_model_version_tag(model_name, str(version), Tag.APPROVED_BY, approver.strip())
-    client.set_model_version_tag(model_name, str(version), Tag.APPROVED_AT, utc_now())
-    LOGGER.info("%s version %s approved by %s", model_name, version, approver)
-
-
-def promote(
-    model_name: str, version: str | int, *, approver: str | None = None, tracking_uri: str | None = None
-) -> PromotionRecord:
-    """Move ``champion`` to ``version`` if its gate passed and it is approved; else ``PromotionRefused``.
-
-    ``approver`` is who performs the promotion (recorded as ``promoted_by``; defaults to the approver);
-    it does not replace the approval itself.
-    """
-    client = registry_client(tracking_uri)
-    version = str(version)
-    model_version = client.get_model_version(model_name, version)
-    tags = model_version.tags
-    if not _gate_passed(model_version):
-        raise PromotionRefused(
-            f"{model_name} version {version}: evaluation gate did not pass "
-            f"({Tag.GATE_PASSED}={tags.get(Tag.GATE_PASSED)!r}); it cannot become champion"
-        )
-    if not tags.get(Tag.APPROVED_BY):
-        raise PromotionRefused(
-            f"{model_name} version {version}: not approved; a person must approve it first "
-            f"(`approve(...)` or tag {Tag.APPROVED_BY!r} in the MLflow UI)"
-        )
-    current = _alias_version(client, model_name, CHAMPION)
-    if current == version:  # promoting twice is a no-op, keeping the original record
-        return _promotion_record(model_name, version, tags)
-    promoted_by = approver or tags[Tag.APPROVED_BY]
-    record_tags = {Tag.PROMOTED_BY: promoted_by, Tag.PROMOTED_AT: utc_now()}
-    if current is not None:
-        record_tags[Tag.PREVIOUS_CHAMPION] = current
-    # Tags first: if the process dies before the alias moves, nothing has been promoted.
-    for key, value in record_tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    client.set_registered_model_alias(model_name, CHAMPION, version)
-    if _alias_version(client, model_name, CANDIDATE) == version:
-        client.delete_registered_model_alias(model_name, CANDIDATE)
-    LOGGER.info("%s: champion %s -> %s (by %s)", model_name, current, version, promoted_by)
-    return PromotionRecord(model_name, version, current, promoted_by, record_tags[Tag.PROMOTED_AT])
-
-
-def _promotion_record(model_name: str, version: str, tags: Mapping[str, str]) -> PromotionRecord:
-    return PromotionRecord(
-        model_name,
-        version,
-        tags.get(Tag.PREVIOUS_CHAMPION),
-        tags.get(Tag.PROMOTED_BY, tags.get(Tag.APPROVED_BY, "")),
-        tags.get(Tag.PROMOTED_AT, ""),
-    )
-
-
-def rollback(model_name: str = DEFAULT_MODEL_NAME, *, tracking_uri: str | None = None) -> str:
-    """Move ``champion`` back to the version it replaced; returns that version."""
-    client = registry_client(tracking_uri)
-    current = _alias_version(client, model_name, CHAMPION)
-    if current is None:
-        raise RegistryError(f"{model_name}: no champion to roll back")
-    previous = client.get_model_version(model_name, current).tags.get(Tag.PREVIOUS_CHAMPION)
-    if not previous:
-        raise RegistryError(
-            f"{model_name}: champion version {current} has no previous champion to roll back to"
-        )
-    client.set_model_version_tag(model_name, current, Tag.ROLLED_BACK_AT, utc_now())
-    client.set_registered_model_alias(model_name, CHAMPION, previous)
-    LOGGER.info("%s: rolled back champion %s -> %s", model_name, current, previous)
-    return previous

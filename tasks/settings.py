@@ -42,6 +42,11 @@ class FixSettings:
     # Edits composed into one update while training that editor: a fix run applies all its edits as
     # one summed update, which an editor trained only on single edits cannot take (see README).
     editor_edits_per_update: int
+    # Weights of that training's locality terms (TrainConfig.locality_loss_weight and
+    # general_text_loss_weight). The paper's 1.0 and no general text suit single edits; a summed batch
+    # of related edits needs more weight on leaving other prompts alone (see README).
+    editor_locality_weight: float
+    editor_general_text_weight: float
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     locality_pool_prompts: int  # reference prompts (CounterFact neighbourhood prompts) in the pool
     locality_per_edit: int  # locality probes per edit (half hard neighbours, half random)
@@ -66,6 +71,9 @@ class FixSettings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("editor_locality_weight", "editor_general_text_weight"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.registered_model:
             raise SettingsError("registered_model (MEND_REGISTERED_MODEL) must be non-empty")
 
@@ -82,6 +90,8 @@ class FixSettings:
             "editor_train_steps": int(_number("MEND_EDITOR_TRAIN_STEPS", 100_000)),
             "editor_train_records": int(_number("MEND_EDITOR_TRAIN_RECORDS", 2_000)),
             "editor_edits_per_update": int(_number("MEND_EDITOR_EDITS_PER_UPDATE", 8)),
+            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 10.0),
+            "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 1.0),
             "data_dir": str(_default_data_dir()),
             "locality_pool_prompts": int(_number("MEND_LOCALITY_POOL_PROMPTS", 200)),
             "locality_per_edit": int(_number("MEND_LOCALITY_PER_EDIT", 4)),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from editing.answers import answered_alike
 from editing.equivalence import (
-    equivalence_prompts,
     filter_paraphrases,
     model_paraphrases,
     paraphrase_rejection,
     split_prompt,
     template_paraphrases,
 )
+from editing.equivalence_set import equivalence_prompts
 
 
 @pytest.mark.parametrize(
@@ -156,10 +157,11 @@ def test_equivalence_order_limit_and_dedupe(tiny_llama):
     given = ["Q: Who was the writer of Hamlet?\nA:", "Q: Who is the author of Hamlet?\nA:", prompt]
     prompts = equivalence_prompts(prompt, given, "Hamlet", max_total=3)
     assert prompts == [given[0], given[1], "Question: Who wrote Hamlet?\nAnswer:"]
-    with_model = equivalence_prompts(
-        prompt, given, "Hamlet", model=tiny_llama.model, tokenizer=tiny_llama.tokenizer, max_total=20
-    )
-    assert with_model[: len(prompts)] == prompts
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    with_model = equivalence_prompts(prompt, given, "Hamlet", model=model, tokenizer=tokenizer, max_total=20)
+    # The flag's own come first and unchecked; every generated one is answered like the prompt.
+    assert with_model[:2] == given[:2]
+    assert answered_alike(model, tokenizer, prompt, with_model[2:])[0] == with_model[2:]
     assert prompt not in with_model
     assert len({text.casefold() for text in with_model}) == len(with_model)
 

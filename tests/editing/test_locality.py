@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import editing.locality as locality
+from editing.answers import first_clause
 from editing.data import PromptAnswer, RecordError
 from editing.generate import greedy_complete
 from editing.locality import (
@@ -26,13 +27,22 @@ PROMPTS = ["The capital of France is", "Harry Potter was written by", "Sega make
 def test_pool_records_the_models_own_answers(tiny_model):
     built = build_locality_pool(tiny_model.model, tiny_model.tokenizer, [*PROMPTS, PROMPTS[0].upper(), " "])
     completions = greedy_complete(tiny_model.model, tiny_model.tokenizer, PROMPTS, max_new_tokens=6)
-    answered = {prompt: text for prompt, text in zip(PROMPTS, completions, strict=True) if text}
+    answered = {prompt: first_clause(text) for prompt, text in zip(PROMPTS, completions, strict=True) if text}
     assert {item.prompt: item.answer for item in built.pool} == answered
     assert {item.kind for item in built.pool} <= {"pool"}
     reasons = {rejected.prompt: rejected.reason for rejected in built.rejected}
     assert reasons[PROMPTS[0].upper()] == "duplicate prompt"
     assert reasons[" "] == "empty prompt"
     assert len(built.pool) + len(built.rejected) == len(PROMPTS) + 2  # nothing is lost
+
+
+def test_pool_answers_end_at_the_first_clause(tiny_llama, monkeypatch):
+    def rambles(_model, _tokenizer, prompts, **_kwargs):
+        return ["Paris, the city of light" if "France" in prompt else "Hanoi." for prompt in prompts]
+
+    monkeypatch.setattr(locality, "greedy_complete", rambles)
+    built = build_locality_pool(tiny_llama.model, tiny_llama.tokenizer, PROMPTS[:2])
+    assert [item.answer for item in built.pool] == ["Paris", "Hanoi"]
 
 
 def test_empty_completions_are_returned_with_a_reason(tiny_llama, monkeypatch):

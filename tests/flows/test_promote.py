@@ -19,7 +19,7 @@ def _champion(settings) -> str:
 def test_promotion_needs_approval_then_moves_champion_and_rollback_restores(make_settings):
     from flows.nightly_fix import nightly_fix
     from flows.promote import promote_flow, rollback_flow
-    from tasks.registry import PromotionRefused
+    from tasks.champion import PromotionRefused
 
     settings = make_settings(thresholds=LENIENT)
     overrides = settings.to_json()
@@ -46,8 +46,8 @@ def test_promotion_needs_approval_then_moves_champion_and_rollback_restores(make
 
 def test_a_version_whose_gate_failed_cannot_be_approved_or_promoted(make_settings):
     from flows.promote import promote_flow
+    from tasks.champion import PromotionRefused, approve
     from tasks.models import ensure_base
-    from tasks.registry import PromotionRefused, approve
 
     settings = make_settings(thresholds=LENIENT)
     ensure_base(settings)  # version 1: the base, registered with gate_passed unset

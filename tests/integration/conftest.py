@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tasks.storage import S3Store, open_store
+from tasks.s3_store import S3Store
+from tasks.storage import open_store
 from tests.integration.seaweed import SeaweedS3, seaweed_s3_server
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.storage import S3Settings, make_s3_client
+from tasks.s3_store import make_s3_client
+from tasks.storage import S3Settings
 
 LOGGER = logging.getLogger(__name__)
 

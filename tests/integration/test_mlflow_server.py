@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from editing.models import load_model
 from tasks import editor_registry, registry
+from tasks.champion import PromotionRefused, approve, promote, rollback
 from tasks.mlflow_flavor import load_registered_model, log_snapshot_model
-from tasks.registry import CANDIDATE, CHAMPION, GateFailedError, PromotionRefused, RegistryError, Tag
+from tasks.registry import CANDIDATE, CHAMPION, GateFailedError, RegistryError, Tag
 from tasks.tracking import fix_run, log_metrics
 from tests.integration.mlflow_fixtures import edit_and_snapshot, logits_of
 from tests.integration.mlflow_server import PG_ADMIN_DATABASE, PG_HOST, PG_PORT, PG_USER
@@ -82,18 +83,18 @@ def test_gated_promotion_workflow(server_tracking_uri, tiny_base_dir, tmp_path, 
     assert str(client.get_model_version_by_alias(MODEL, CANDIDATE).version) == "2"
 
     with pytest.raises(PromotionRefused, match="not approved"):
-        registry.promote(MODEL, version)
+        promote(MODEL, version)
     # A version registered by hand, outside register_candidate, whose gate failed but was approved.
     with fix_run("integration-fix", run_name="manual") as run_id:
         logged = log_snapshot_model(snapshot_dir, run_id=run_id)
     tags = {Tag.GATE_PASSED: "false", Tag.APPROVED_BY: "mallory"}
     failed = client.create_model_version(MODEL, logged.model_uri, run_id, tags=tags, model_id=logged.model_id)
     with pytest.raises(PromotionRefused, match="gate did not pass"):
-        registry.promote(MODEL, failed.version)
+        promote(MODEL, failed.version)
     assert registry.champion_version(MODEL) == "1"
 
-    registry.approve(MODEL, version, "alice")
-    record = registry.promote(MODEL, version)
+    approve(MODEL, version, "alice")
+    record = promote(MODEL, version)
     assert (record.previous_champion, record.promoted_by) == ("1", "alice")
     assert registry.champion_version(MODEL) == "2"
 
@@ -103,10 +104,10 @@ def test_gated_promotion_workflow(server_tracking_uri, tiny_base_dir, tmp_path, 
     champion = load_registered_model(MODEL, CHAMPION)
     assert torch.equal(logits_of(champion.model), edited_logits)
 
-    assert registry.rollback(MODEL) == "1"
+    assert rollback(MODEL) == "1"
     assert torch.equal(logits_of(load_registered_model(MODEL, CHAMPION).model), base_logits)
     with pytest.raises(RegistryError, match="no previous champion"):
-        registry.rollback(MODEL)
+        rollback(MODEL)
 
 
 def test_editor_round_trip_through_the_server(server_tracking_uri, tmp_path):

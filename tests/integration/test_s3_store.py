@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tasks.flags import append_flags, read_flag_log
-from tasks.storage import S3Store, StoreError, open_store
+from tasks.s3_store import S3Store
+from tasks.storage import StoreError, open_store
 from tests.integration.seaweed import COMPONENTS, GRPC_OFFSET, SeaweedS3, free_http_ports, seaweed_s3_server
 from tests.tasks.test_flags import FlagLogContract, make_flag
 from tests.tasks.test_ledger import LedgerContract

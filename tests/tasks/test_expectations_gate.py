@@ -10,13 +10,13 @@ import pytest
 
 from expectations.gate import (
     GateFailed,
-    GateInputError,
     GateThresholds,
     ThresholdError,
     enforce,
     run_gate,
     write_data_docs,
 )
+from expectations.gate_inputs import GateInputError
 
 THRESHOLDS = GateThresholds()
 THRESHOLD_NAMES = (

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from editing.models import load_model
 from tasks import editor_registry, registry
+from tasks.champion import PromotionRefused, approve, promote, rollback
 from tasks.mlflow_flavor import load_registered, load_registered_model, log_snapshot_model
-from tasks.registry import CANDIDATE, CHAMPION, GateFailedError, PromotionRefused, RegistryError, Tag
+from tasks.registry import CANDIDATE, CHAMPION, GateFailedError, RegistryError, Tag
 from tasks.tracking import fix_run
 from tests.integration.mlflow_fixtures import edit_and_snapshot, logits_of
 
@@ -96,21 +97,21 @@ def test_promotion_needs_approval_then_rolls_back(registered_base, base, tmp_pat
     snapshot_dir, _ = edit_and_snapshot(base, tmp_path / "snap", derived_from_version="1")
     version = register(snapshot_dir, "night-1")
     with pytest.raises(PromotionRefused, match="not approved"):
-        registry.promote(MODEL, version)
+        promote(MODEL, version)
     assert registry.champion_version(MODEL) == "1"
-    registry.approve(MODEL, version, "alice")
-    record = registry.promote(MODEL, version, approver="bob")
+    approve(MODEL, version, "alice")
+    record = promote(MODEL, version, approver="bob")
     assert (record.version, record.previous_champion, record.promoted_by) == ("2", "1", "bob")
     assert registry.champion_version(MODEL) == "2"
-    assert registry.promote(MODEL, version) == record  # promoting the champion again changes nothing
+    assert promote(MODEL, version) == record  # promoting the champion again changes nothing
     tags = mlflow.MlflowClient().get_model_version(MODEL, version).tags
     assert (tags[Tag.APPROVED_BY], tags[Tag.PREVIOUS_CHAMPION]) == ("alice", "1")
     with pytest.raises(mlflow.exceptions.MlflowException):  # the candidate alias went with promotion
         mlflow.MlflowClient().get_model_version_by_alias(MODEL, CANDIDATE)
-    assert registry.rollback(MODEL) == "1"
+    assert rollback(MODEL) == "1"
     assert registry.champion_version(MODEL) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
-        registry.rollback(MODEL)
+        rollback(MODEL)
 
 
 def test_gate_failed_version_cannot_be_approved_or_promoted(registered_base, base, tmp_path):
@@ -124,10 +125,10 @@ def test_gate_failed_version_cannot_be_approved_or_promoted(registered_base, bas
     failed = client.create_model_version(MODEL, logged.model_uri, run_id, tags=tags, model_id=logged.model_id)
     failed = str(failed.version)
     with pytest.raises(PromotionRefused, match="cannot approve"):
-        registry.approve(MODEL, failed, "alice")
+        approve(MODEL, failed, "alice")
     client.set_model_version_tag(MODEL, failed, Tag.APPROVED_BY, "alice")  # approved in the UI anyway
     with pytest.raises(PromotionRefused, match="gate did not pass"):
-        registry.promote(MODEL, failed)
+        promote(MODEL, failed)
     assert registry.champion_version(MODEL) == "1"
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tasks.s3_store import S3Store
 from tasks.storage import (
     TEMP_PREFIX,
     LocalStore,
     MissingObjectError,
     S3Settings,
-    S3Store,
     Store,
     StoreError,
     open_store,
