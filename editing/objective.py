@@ -56,7 +56,8 @@ def editing_objective(
     edit_loss_on_prompt: bool = False,
     edits_per_update: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``.
+    """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``
+    (plus ``weights.general * KL`` on general text, for examples that carry one).
 
     Gradients flow into the network (and step sizes) through the edited weights; the base model and the
     captured factors are constants. ``with_rewrite`` also scores the edit prompt itself (validation).
