@@ -109,10 +109,9 @@ def _encode(
         return train, val
     if not general_texts:
         raise ValueError("general_text_loss_weight > 0 needs general_texts to train on")
-    # Validation pairs with the texts after the training ones (wrapping round when there are few).
-    offset = len(train) % len(general_texts)
-    rotated = list(general_texts[offset:]) + list(general_texts[:offset])
-    return with_general_texts(tokenizer, train, general_texts), with_general_texts(tokenizer, val, rotated)
+    # Validation pairs with the texts after the training ones, or reuses them when there are no more.
+    val_texts = general_texts[len(train) :] or general_texts
+    return with_general_texts(tokenizer, train, general_texts), with_general_texts(tokenizer, val, val_texts)
 
 
 def _final_metrics(trainer: EditorTrainer) -> dict[str, Any]:
