@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editing.checkpoint import load_editor
 from editing.config import TrainConfig
-from editing.data import read_records
+from editing.core.models import LoadedModel
+from editing.data.records import read_records
 from editing.editors import build_editor
-from editing.evaluate import evaluate_edit, run_single_edits
-from editing.models import LoadedModel
-from editing.training import split_records, train_editor
+from editing.evaluation.evaluate import evaluate_edit, run_single_edits
+from editing.training.checkpoint import load_editor
+from editing.training.run import split_records, train_editor
 
 LOGGER = logging.getLogger(__name__)
 TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"

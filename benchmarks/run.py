@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from editing.data import read_records
-    from editing.models import load_model
+    from editing.core.models import load_model
+    from editing.data.records import read_records
 
     loaded = load_model(args.model, device=args.device)
     suffix = f"-{args.tag}" if args.tag else ""
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite in ("speed", "all"):
         from benchmarks.quality import TRAIN_FILE, train_or_reuse
         from benchmarks.speed import edit_latency, training_step_speed
-        from editing.checkpoint import load_editor
+        from editing.training.checkpoint import load_editor
 
         records = read_records(args.data_dir / TRAIN_FILE, limit=args.speed_records).records
         train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)

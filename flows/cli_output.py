@@ -58,9 +58,9 @@ def print_edit_report(evaluation, *, title: str, max_rows: int = 20) -> None:
 def train_with_progress(data, out, model, max_minutes, max_steps, val_records, limit, resume, config_path):
     """Read the data, train with a progress bar, return the trainer summary."""
     from editing.config import EditorConfig, TrainConfig
-    from editing.data import read_records
-    from editing.models import load_model
-    from editing.training import split_records, train_editor
+    from editing.core.models import load_model
+    from editing.data.records import read_records
+    from editing.training.run import split_records, train_editor
 
     overrides = json.loads(Path(config_path).read_text()) if config_path else {}
     train_config = TrainConfig.from_dict(

@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
         prompt: Annotated[list[str] | None, typer.Option(help="prompt to complete (repeatable)")] = None,
     ) -> None:
         """Load a registered version (base + changed tensors, checksum verified) and complete prompts."""
-        from editing.generate import greedy_complete
+        from editing.core.generate import greedy_complete
         from tasks.models import load_version
 
         settings = _settings()

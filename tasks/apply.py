@@ -1,6 +1,6 @@
 """Apply: edit the champion with all of this run's records as one batch, and store only what changed.
 
-The result is a snapshot (``editing.snapshot``): the new values of the changed tensors relative to the
+The result is a snapshot (``editing.core.snapshot``): the new values of the changed tensors relative to the
 *base* model, plus the base's fingerprint and a checksum, so a nightly candidate costs a few tens of
 megabytes, not another copy of the model.
 """
@@ -11,10 +11,10 @@ import logging
 
 from prefect import task
 
-from editing.data import read_records
+from editing.core.models import fingerprint
+from editing.core.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
+from editing.data.records import read_records
 from editing.editors import build_editor
-from editing.models import fingerprint
-from editing.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
 from tasks.editor import editor_checkpoint
 from tasks.models import load_version, scratch_dir, upload_dir
 from tasks.settings import FixSettings

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from editing.snapshot import utc_now
+from editing.core.snapshot import utc_now
 from tasks.registry import (
     CANDIDATE,
     CHAMPION,

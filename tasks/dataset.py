@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prefect import task
 
-from editing.data import EditRecord, PromptAnswer, read_records, write_jsonl
+from editing.data.records import EditRecord, PromptAnswer, read_records, write_jsonl
 from tasks.extract import read_flags
 from tasks.flags import Flag, normalize, read_flag_log
 from tasks.ledger import FlagState, Ledger
@@ -51,7 +51,7 @@ def locality_pool(
     settings: FixSettings, store: Store, champion, champion_version: str
 ) -> tuple[list[PromptAnswer], str]:
     """The pool for this champion, built once per champion version and kept in the store."""
-    from editing.locality import build_locality_pool, load_pool, save_pool
+    from editing.data.locality import build_locality_pool, load_pool, save_pool
 
     key = f"locality/pool-v{champion_version}-{champion.fingerprint[:12]}.jsonl"
     workspace = scratch_dir("pool")
@@ -83,8 +83,8 @@ def _retention_records(store: Store, ledger: Ledger) -> list[EditRecord]:
 
 
 def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int) -> list[EditRecord]:
-    from editing.equivalence_set import equivalence_prompts
-    from editing.locality import prompt_embeddings, select_locality
+    from editing.data.equivalence_set import equivalence_prompts
+    from editing.data.locality import prompt_embeddings, select_locality
 
     edited = {normalize(flag.prompt) for flag in flags}
     # A pool prompt that one of this batch's flags edits is not a locality probe for the others.

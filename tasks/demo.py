@@ -41,7 +41,7 @@ def read_facts(path: Path) -> list[dict[str, str]]:
 
 
 def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -> SeedResult:
-    from editing.generate import answer_matches, greedy_complete
+    from editing.core.generate import answer_matches, greedy_complete
 
     store = settings.open_store()
     if store.exists(SEEDED_KEY):

@@ -27,7 +27,7 @@ def find_editor_uri(settings: FixSettings, base_fingerprint: str) -> str | None:
 
 def editor_checkpoint(settings: FixSettings, editor_uri: str) -> Path:
     """A local copy of the editor checkpoint behind ``editor_uri`` (cached under ``$MEND_HOME``)."""
-    from editing.checkpoint import read_description
+    from editing.training.checkpoint import read_description
     from tasks.editor_registry import editor_checkpoint as download
 
     if not editor_uri.startswith(EDITOR_URI_PREFIX):
@@ -40,7 +40,7 @@ def editor_checkpoint(settings: FixSettings, editor_uri: str) -> Path:
 def general_texts(settings: FixSettings, count: int) -> list[str]:
     """ME-PPL sentences for the editor's general-text term, none of them among the gate's reference
     texts (ME-PPL_1k, a subset of ME-PPL): training must not see what the perplexity check scores."""
-    from editing.data import read_texts
+    from editing.data.records import read_texts
     from tasks.evaluate import REFERENCE_TEXTS
 
     held_out = set(read_texts(settings.data_file(REFERENCE_TEXTS)))
@@ -52,11 +52,11 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     """Train a MEND editor for the base model on CounterFact train and register it; returns its URI."""
     import torch
 
-    from editing.checkpoint import export_editor
     from editing.config import TrainConfig
-    from editing.data import read_records
-    from editing.models import load_model
-    from editing.training import split_records, train_editor
+    from editing.core.models import load_model
+    from editing.data.records import read_records
+    from editing.training.checkpoint import export_editor
+    from editing.training.run import split_records, train_editor
     from tasks.editor_registry import register_editor
     from tasks.models import base_location, scratch_dir
     from tasks.tracking import configure_tracking, fix_run, log_params, metrics_callback

@@ -1,6 +1,6 @@
 """Trained MEND editors in the model registry, one registered model ``mend-editor`` for all bases.
 
-A version is an editor checkpoint directory (safetensors + JSON, as ``editing.checkpoint`` writes it)
+A version is an editor checkpoint directory (safetensors + JSON, as ``editing.training.checkpoint`` writes it)
 logged as plain run artifacts, tagged with the fingerprint of the base model it was trained for and
 its validation metrics. ``find_editor`` picks the newest version for a base model and keeps a local copy.
 """

@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect import task
 
-from editing.data import read_records, read_texts
-from editing.evaluate import evaluate_edit, perplexity
+from editing.data.records import read_records, read_texts
+from editing.evaluation.evaluate import evaluate_edit, perplexity
 from tasks.models import download_dir, load_version, scratch_dir, upload_dir
 from tasks.settings import FixSettings
 
@@ -48,7 +48,7 @@ def gate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, str]]:
     """Every locality prompt whose greedy answer changed: prompt, before, after, and the edit it sat beside."""
-    from editing.generate import answer_matches, greedy_complete
+    from editing.core.generate import answer_matches, greedy_complete
 
     probes = [(record.record_id, probe) for record in records for probe in record.locality]
     prompts = [probe.prompt for _, probe in probes]

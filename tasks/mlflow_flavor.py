@@ -1,6 +1,6 @@
 """Edited models as MLflow pyfunc models whose only artifact is a changed-tensors snapshot.
 
-A registered version holds ``artifacts/snapshot`` (see ``editing.snapshot``), not the base weights.
+A registered version holds ``artifacts/snapshot`` (see ``editing.core.snapshot``), not the base weights.
 Loading it (``mlflow.pyfunc.load_model`` or ``load_registered_model``) loads the base model from the
 location recorded in the snapshot, or from ``$MEND_BASE_MODEL_PATH``, reconstitutes the edited model and
 verifies its checksum and fingerprint.
@@ -28,8 +28,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from editing.models import LoadedModel, load_model
-from editing.snapshot import SnapshotMetadata, read_snapshot_metadata, reconstitute
+from editing.core.models import LoadedModel, load_model
+from editing.core.snapshot import SnapshotMetadata, read_snapshot_metadata, reconstitute
 from tasks.registry import resolve_version
 
 LOGGER = logging.getLogger(__name__)

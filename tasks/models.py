@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
-from editing.models import default_model_dir, load_model
+from editing.core.models import default_model_dir, load_model
 from tasks.settings import FixSettings
 from tasks.storage import Store
 

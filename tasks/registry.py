@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editing.snapshot import SnapshotMetadata, load_snapshot, save_snapshot
+from editing.core.snapshot import SnapshotMetadata, load_snapshot, save_snapshot
 from tasks.tracking import DEFAULT_EXPERIMENT, configure_tracking, fix_run
 
 if TYPE_CHECKING:

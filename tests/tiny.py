@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from editing.models import LoadedModel, _prepare_tokenizer, fingerprint
+from editing.core.models import LoadedModel, _prepare_tokenizer, fingerprint
 
 CORPUS = [
     "The capital of France is Paris.",

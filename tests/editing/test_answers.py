@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import editing.answers
-from editing.answers import answered_alike, first_clause, same_answer
+import editing.evaluation.answers
+from editing.evaluation.answers import answered_alike, first_clause, same_answer
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_answered_alike_keeps_wordings_answered_like_the_prompt(monkeypatch):
         "Australia's capital is": "Melbourne.",
     }
     monkeypatch.setattr(
-        editing.answers,
+        editing.evaluation.answers,
         "greedy_complete",
         lambda model, tokenizer, prompts, **_: [answers[p] for p in prompts],
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.apply import EditResult, NonFiniteEditError, combine, deltas_between
-from editing.models import fingerprint
+from editing.core.apply import EditResult, NonFiniteEditError, combine, deltas_between
+from editing.core.models import fingerprint
 
 
 def preset_deltas(loaded, scale: float = 1e-2, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.apply import EditResult
-from editing.baselines import BASELINES, FineTuneEditor, build_baseline, lowest_block
+from editing.baselines.finetune import BASELINES, FineTuneEditor, build_baseline, lowest_block
 from editing.config import ConfigError, FineTuneConfig
-from editing.data import EditRecord, PromptAnswer
-from editing.evaluate import evaluate_edit, score_records
-from editing.models import fingerprint
+from editing.core.apply import EditResult
+from editing.core.models import fingerprint
+from editing.data.records import EditRecord, PromptAnswer
+from editing.evaluation.evaluate import evaluate_edit, score_records
 from tests.editing.test_evaluate import edited_copy
 
 # Tiny random models need larger steps than a trained model to move their argmax.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from editing.data import (
+from editing.data.records import (
     EditRecord,
     PromptAnswer,
     RecordError,

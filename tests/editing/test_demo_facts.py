@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from editing.equivalence import split_prompt
-from editing.generate import answer_matches, normalise_words
+from editing.core.generate import answer_matches, normalise_words
+from editing.data.equivalence import split_prompt
 
 FACTS = Path(__file__).resolve().parents[2] / "flows" / "demo_facts.jsonl"
 FIELDS = ("id", "prompt", "answer", "subject", "paraphrase")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from editing.answers import answered_alike
-from editing.equivalence import (
+from editing.data.equivalence import (
     filter_paraphrases,
     model_paraphrases,
     paraphrase_rejection,
     split_prompt,
     template_paraphrases,
 )
-from editing.equivalence_set import equivalence_prompts
+from editing.data.equivalence_set import equivalence_prompts
+from editing.evaluation.answers import answered_alike
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from editing.apply import EditResult
-from editing.data import EditRecord, PromptAnswer
-from editing.evaluate import (
+from editing.core.apply import EditResult
+from editing.core.models import fingerprint
+from editing.core.tokens import encode_batch, encode_texts
+from editing.data.records import EditRecord, PromptAnswer
+from editing.evaluation.evaluate import (
     EditEvaluation,
     QueryScore,
     RecordScores,
@@ -23,8 +25,6 @@ from editing.evaluate import (
     run_single_edits,
     score_records,
 )
-from editing.models import fingerprint
-from editing.tokens import encode_batch, encode_texts
 
 RECORDS = [
     EditRecord(

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from editing.config import EditorConfig, TrainConfig
-from editing.data import read_records, read_texts
-from editing.editor_net import MendNetwork
-from editing.targets import resolve_scope
-from editing.trainer import EditorTrainer
-from editing.training import train_editor
-from editing.training_data import TrainingDataError, encode_training_examples, with_general_texts
+from editing.core.targets import resolve_scope
+from editing.data.records import read_records, read_texts
+from editing.data.training_data import TrainingDataError, encode_training_examples, with_general_texts
+from editing.mend.editor_net import MendNetwork
+from editing.training.run import train_editor
+from editing.training.trainer import EditorTrainer
 from tests.paths import DATA_DIR
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"

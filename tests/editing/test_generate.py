@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from editing.generate import answer_matches, greedy_complete, normalise_words
+from editing.core.generate import answer_matches, greedy_complete, normalise_words
 from tests.editing.test_real_model import real_model
 
 PROMPTS = ["The capital of France is", "Harry Potter was written by", "Q: What is the capital of Italy?\nA:"]

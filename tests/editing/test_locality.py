@@ -8,11 +8,9 @@ import logging
 import pytest
 import torch
 
-import editing.locality as locality
-from editing.answers import first_clause
-from editing.data import PromptAnswer, RecordError
-from editing.generate import greedy_complete
-from editing.locality import (
+import editing.data.locality as locality
+from editing.core.generate import greedy_complete
+from editing.data.locality import (
     build_locality_pool,
     load_pool,
     mentions,
@@ -20,6 +18,8 @@ from editing.locality import (
     save_pool,
     select_locality,
 )
+from editing.data.records import PromptAnswer, RecordError
+from editing.evaluation.answers import first_clause
 
 PROMPTS = ["The capital of France is", "Harry Potter was written by", "Sega makes", "The capital of Italy is"]
 
@@ -124,7 +124,7 @@ def test_same_edit_gets_the_same_probes_whatever_the_batch():
 
 
 def test_too_few_eligible_prompts_gives_fewer_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="editing.locality"):
+    with caplog.at_level(logging.WARNING, logger="editing.data.locality"):
         chosen = select(hard=3, random=10)
     assert len(chosen) == 5  # eight pool prompts, three excluded
     assert "only 5 eligible" in caplog.text

@@ -9,15 +9,15 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from editing.apply import NonFiniteEditError
-from editing.checkpoint import EditorMismatchError, load_editor, save_editor
 from editing.config import EditorConfig
-from editing.data import EditRecord, PromptAnswer
-from editing.editor import MendEditor, capture_edit_factors, transform_factors
-from editing.editor_net import MendNetwork
-from editing.hooks import Orientation, capture_factors, describe_layer, outer_sum
-from editing.targets import resolve_scope
-from editing.tokens import encode_batch
+from editing.core.apply import NonFiniteEditError
+from editing.core.hooks import Orientation, capture_factors, describe_layer, outer_sum
+from editing.core.targets import resolve_scope
+from editing.core.tokens import encode_batch
+from editing.data.records import EditRecord, PromptAnswer
+from editing.mend.editor import MendEditor, capture_edit_factors, transform_factors
+from editing.mend.editor_net import MendNetwork
+from editing.training.checkpoint import EditorMismatchError, load_editor, save_editor
 
 RECORDS = [
     EditRecord(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from editing.metrics import (
+from editing.evaluation.metrics import (
     accuracy_drawdown,
     exact_match,
     mean_kl,

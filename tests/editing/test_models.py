@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from editing.models import LoadedModel, ModelNotAvailableError, fingerprint, load_model
+from editing.core.models import LoadedModel, ModelNotAvailableError, fingerprint, load_model
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from editing.models import LoadedModel, default_model_dir, fingerprint, load_model
+from editing.core.models import LoadedModel, default_model_dir, fingerprint, load_model
 
 pytestmark = pytest.mark.real_model
 
@@ -41,9 +41,9 @@ def test_completes_capital_of_france():
 
 def test_default_ft_edits_the_real_model():
     """The tuned FT defaults make SmolLM2 produce CounterFact targets, and every edit is undone."""
-    from editing.baselines import build_baseline
-    from editing.data import read_records
-    from editing.evaluate import run_single_edits
+    from editing.baselines.finetune import build_baseline
+    from editing.data.records import read_records
+    from editing.evaluation.evaluate import run_single_edits
     from tests.editing.test_data import DATA
 
     path = DATA / "counterfact_easyedit_splits" / "counterfact-val.json"

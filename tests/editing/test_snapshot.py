@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from editing.apply import EditResult
-from editing.models import fingerprint
-from editing.snapshot import (
+from editing.core.apply import EditResult
+from editing.core.models import fingerprint
+from editing.core.snapshot import (
     METADATA_FILE,
     TENSORS_FILE,
     BaseModelMismatchError,

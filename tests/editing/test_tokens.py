@@ -12,10 +12,10 @@ import json
 import pytest
 import torch
 
-from editing.data import EditRecord, read_records
-from editing.forward import scored_logits
-from editing.models import default_model_dir
-from editing.tokens import IGNORE_INDEX, encode_batch, encode_example
+from editing.core.forward import scored_logits
+from editing.core.models import default_model_dir
+from editing.core.tokens import IGNORE_INDEX, encode_batch, encode_example
+from editing.data.records import EditRecord, read_records
 from tests.editing.test_data import COUNTERFACT, DATA, KNOWEDIT, PROJECT, ZSRE
 from tests.editing.test_real_model import real_model, skip_without_real_model
 from tests.tiny import TinyKind, make_tiny_model
@@ -59,7 +59,7 @@ def queries(records) -> list[tuple[str, str]]:
 def real_tokenizer():
     from transformers import AutoTokenizer
 
-    from editing.models import _prepare_tokenizer
+    from editing.core.models import _prepare_tokenizer
 
     return _prepare_tokenizer(AutoTokenizer.from_pretrained(default_model_dir()))
 

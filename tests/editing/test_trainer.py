@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.checkpoint import load_editor, load_trainer_state, save_editor
 from editing.config import EditorConfig, TrainConfig
-from editing.data import read_records
-from editing.editor import MendEditor
-from editing.editor_net import MendNetwork
-from editing.targets import resolve_scope
-from editing.trainer import EditorTrainer
-from editing.training_data import TrainingDataError, encode_training_examples
+from editing.core.targets import resolve_scope
+from editing.data.records import read_records
+from editing.data.training_data import TrainingDataError, encode_training_examples
+from editing.mend.editor import MendEditor
+from editing.mend.editor_net import MendNetwork
+from editing.training.checkpoint import load_editor, load_trainer_state, save_editor
+from editing.training.trainer import EditorTrainer
 from tests.paths import DATA_DIR
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from editing.data import EditRecord, PromptAnswer, write_jsonl
+from editing.data.records import EditRecord, PromptAnswer, write_jsonl
 from tests.paths import DATA_DIR
 
 

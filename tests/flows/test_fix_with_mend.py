@@ -47,7 +47,7 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
 
 
 def test_general_texts_for_training_leave_out_the_gates_reference_texts(make_settings):
-    from editing.data import read_texts
+    from editing.data.records import read_texts
     from tasks.editor import GENERAL_TEXTS, general_texts
     from tasks.evaluate import REFERENCE_TEXTS
 

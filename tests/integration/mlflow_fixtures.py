@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from editing.apply import EditResult
-from editing.models import LoadedModel, fingerprint
-from editing.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
+from editing.core.apply import EditResult
+from editing.core.models import LoadedModel, fingerprint
+from editing.core.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
 from tests.integration.mlflow_server import MlflowServer, mlflow_server
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from editing.models import load_model
+from editing.core.models import load_model
 from tasks import editor_registry, registry
 from tasks.champion import PromotionRefused, approve, promote, rollback
 from tasks.mlflow_flavor import load_registered, load_registered_model, log_snapshot_model

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from editing.generate import answer_matches, greedy_complete, normalise_words
+from editing.core.generate import answer_matches, greedy_complete, normalise_words
 
 # A clause ends at , ; : ! ? ( at a final full stop, or at a full stop after a word of 3+ letters
 # followed by space, so initials and short abbreviations ("J. K. Rowling", "St. Louis") stay whole.

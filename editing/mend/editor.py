@@ -1,6 +1,6 @@
 """MEND edits, split into the steps of the paper's Algorithm 2.
 
-    capture_edit_factors -> transform_factors -> compose_deltas -> (apply: editing.apply.EditResult)
+    capture_edit_factors -> transform_factors -> compose_deltas -> (apply: editing.core.apply.EditResult)
 
 Sign and step size (the paper and the original code disagree, eric-mitchell/mend issues 13 and 15):
 we follow the paper's gradient *descent* convention, ``W_new = W - step * pseudo_grad``, with one learned
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editing.apply import EditResult, named_parameters
-from editing.data import EditRecord
-from editing.editor_net import MendNetwork
-from editing.forward import compute_prefix, scored_logits
-from editing.hooks import Factors, capture_factors, outer_sum
-from editing.losses import per_example_mean, token_nll
-from editing.targets import EditScope
-from editing.tokens import TokenBatch, encode_batch
+from editing.core.apply import EditResult, named_parameters
+from editing.core.forward import compute_prefix, scored_logits
+from editing.core.hooks import Factors, capture_factors, outer_sum
+from editing.core.losses import per_example_mean, token_nll
+from editing.core.targets import EditScope
+from editing.core.tokens import TokenBatch, encode_batch
+from editing.data.records import EditRecord
+from editing.mend.editor_net import MendNetwork
 
 Prefix = tuple[str, int, torch.Tensor]
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editing.editor import capture_edit_factors, edited_weights, transform_factors
-from editing.editor_net import MendNetwork
-from editing.forward import scored_hidden
-from editing.losses import per_example_mean, token_kl, token_nll
-from editing.lowrank import low_rank_edits, per_example_updates
-from editing.targets import EditScope
-from editing.tokens import TokenBatch, collate
-from editing.training_data import TrainingExample
+from editing.core.forward import scored_hidden
+from editing.core.losses import per_example_mean, token_kl, token_nll
+from editing.core.targets import EditScope
+from editing.core.tokens import TokenBatch, collate
+from editing.data.training_data import TrainingExample
+from editing.mend.editor import capture_edit_factors, edited_weights, transform_factors
+from editing.mend.editor_net import MendNetwork
+from editing.mend.lowrank import low_rank_edits, per_example_updates
 
 PrefixFn = Callable[[TokenBatch], "tuple[str, int, torch.Tensor] | None"]
 
@@ -61,7 +61,7 @@ def editing_objective(
 
     Gradients flow into the network (and step sizes) through the edited weights; the base model and the
     captured factors are constants. ``with_rewrite`` also scores the edit prompt itself (validation).
-    ``batched`` runs every example's edited pass in one forward (``editing.lowrank``); otherwise each
+    ``batched`` runs every example's edited pass in one forward (``editing.mend.lowrank``); otherwise each
     example gets its own ``functional_call`` with ``W + delta`` (the reference; same result, slower).
     ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit loss
     (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig).

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from editing.answers import first_clause
-from editing.data import PromptAnswer, RecordError
-from editing.generate import greedy_complete, normalise_words
+from editing.core.generate import greedy_complete, normalise_words
+from editing.data.records import PromptAnswer, RecordError
+from editing.evaluation.answers import first_clause
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from editing.apply import Editor
-from editing.data import EditRecord
-from editing.forward import eval_mode, scored_logits
-from editing.losses import token_nll
-from editing.metrics import (
+from editing.core.apply import Editor
+from editing.core.forward import eval_mode, scored_logits
+from editing.core.losses import token_nll
+from editing.core.tokens import encode_batch, encode_texts
+from editing.data.records import EditRecord
+from editing.evaluation.metrics import (
     accuracy_drawdown,
     exact_match,
     mean_kl,
@@ -29,10 +30,9 @@ from editing.metrics import (
     token_accuracy,
     unchanged_fraction,
 )
-from editing.metrics import (
+from editing.evaluation.metrics import (
     perplexity as perplexity_from_nll,
 )
-from editing.tokens import encode_batch, encode_texts
 
 PREDICTION_TOKENS = 5  # target tokens decoded into a row's "prediction" column for display
 # Row columns averaged into the aggregates (None values, e.g. no portability probes, are left out).

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from editing.models import fingerprint
+from editing.core.models import fingerprint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def utc_now() -> str:
 class SnapshotMetadata:
     """What ``snapshot.json`` records. ``tensor_names`` and ``checksum_sha256`` are filled on save."""
 
-    base_fingerprint: str  # editing.models.fingerprint of the base model the tensors apply to
+    base_fingerprint: str  # editing.core.models.fingerprint of the base model the tensors apply to
     result_fingerprint: str  # fingerprint of base + tensors: checked after reconstitution
     base_model_source: str  # where the base model can be loaded from (directory, .gguf or hub id)
     editor: str  # which editor produced the change ("mend", "ft", "base" for the unedited model)

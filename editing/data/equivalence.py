@@ -4,7 +4,7 @@ Three sources, in order of trust: the flag's own paraphrases, deterministic temp
 equivalent wordings per relation, plus the prompt formats "Q: ...\\nA:", "Question: ...\\nAnswer:" and the
 bare question), and paraphrases written by the base model from a few-shot prompt. Model paraphrases are
 kept only when they still ask the same question (``paraphrase_rejection``). Nothing needs a service.
-``editing.equivalence_set`` assembles them for one flag.
+``editing.data.equivalence_set`` assembles them for one flag.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from editing.generate import ARTICLES, context_length, greedy_complete, normalise_words
+from editing.core.generate import ARTICLES, context_length, greedy_complete, normalise_words
 
 LOGGER = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from editing.editor_net import MendNetwork
-from editing.hooks import LayerInfo
+from editing.core.hooks import LayerInfo
+from editing.mend.editor_net import MendNetwork
 
 Update = tuple[torch.Tensor, torch.Tensor]  # U (sequences, rank, d_in), D (sequences, rank, d_out)
 

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from editing.apply import EditResult, named_parameters
 from editing.config import ConfigError, FineTuneConfig, preset_for_model_type
-from editing.data import EditRecord, PromptAnswer
-from editing.forward import compute_prefix, eval_mode, get_blocks, scored_logits
-from editing.losses import masked_nll, per_example_mean, token_kl
-from editing.tokens import TokenBatch, encode_batch
+from editing.core.apply import EditResult, named_parameters
+from editing.core.forward import compute_prefix, eval_mode, get_blocks, scored_logits
+from editing.core.losses import masked_nll, per_example_mean, token_kl
+from editing.core.tokens import TokenBatch, encode_batch
+from editing.data.records import EditRecord, PromptAnswer
 
 LOGGER = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from editing.forward import compute_prefix
-from editing.tokens import TokenBatch, collate
+from editing.core.forward import compute_prefix
+from editing.core.tokens import TokenBatch, collate
 
 
 class PrefixCache:

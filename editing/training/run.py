@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from editing.checkpoint import load_trainer_state, save_editor
 from editing.config import EditorConfig, TrainConfig
-from editing.data import EditRecord
-from editing.editor import MendEditor
-from editing.editor_net import MendNetwork
-from editing.models import LoadedModel
-from editing.targets import resolve_scope
-from editing.trainer import EditorTrainer, MetricsCallback
-from editing.training_data import TrainingExample, encode_training_examples, with_general_texts
+from editing.core.models import LoadedModel
+from editing.core.targets import resolve_scope
+from editing.data.records import EditRecord
+from editing.data.training_data import TrainingExample, encode_training_examples, with_general_texts
+from editing.mend.editor import MendEditor
+from editing.mend.editor_net import MendNetwork
+from editing.training.checkpoint import load_trainer_state, save_editor
+from editing.training.trainer import EditorTrainer, MetricsCallback
 
 LOGGER = logging.getLogger(__name__)
 

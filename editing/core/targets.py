@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from editing.config import ModelPreset, preset_for_model_type
-from editing.forward import get_blocks
-from editing.hooks import LayerInfo, describe_layer
+from editing.core.forward import get_blocks
+from editing.core.hooks import LayerInfo, describe_layer
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from editing.tokens import TokenBatch
+from editing.core.tokens import TokenBatch
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import torch
 
-from editing.losses import per_example_mean, token_kl
+from editing.core.losses import per_example_mean, token_kl
 
 
 def token_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

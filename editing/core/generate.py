@@ -1,6 +1,6 @@
 """Greedy completions of prompts, and the rule that decides whether a completion gives an answer.
 
-Scoring pads on the right (``editing.models`` sets that on every tokenizer), but generation must pad on
+Scoring pads on the right (``editing.core.models`` sets that on every tokenizer), but generation must pad on
 the left so every prompt ends at the last position. ``greedy_complete`` asks the tokenizer for left
 padding per call, so the tokenizer's own setting is never changed.
 """
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from editing.forward import eval_mode
-from editing.tokens import pad_token_id
+from editing.core.forward import eval_mode
+from editing.core.tokens import pad_token_id
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""A flag's equivalence prompts, assembled from the sources in ``editing.equivalence`` in order of trust.
+"""A flag's equivalence prompts, assembled from the sources in ``editing.data.equivalence`` in order of trust.
 
 The flag's own paraphrases are kept as given. Generated ones (templates, then the model's own) must
 also pass the answer check when the model is at hand: the champion must answer them as it answers the
-flagged prompt (``editing.answers.answered_alike``). A wording it answers in another form, e.g. a
+flagged prompt (``editing.evaluation.answers.answered_alike``). A wording it answers in another form, e.g. a
 "Q: ...\\nA:" question answered with a full sentence, cannot show whether the edit carried over.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from editing.answers import answered_alike
-from editing.equivalence import dedupe, model_paraphrases, same_prompt, template_paraphrases
+from editing.data.equivalence import dedupe, model_paraphrases, same_prompt, template_paraphrases
+from editing.evaluation.answers import answered_alike
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from editing.config import EditorConfig
-from editing.hooks import LayerInfo
+from editing.core.hooks import LayerInfo
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from editing.data import EditRecord
+    from editing.data.records import EditRecord
 
 
 class NonFiniteEditError(ValueError):

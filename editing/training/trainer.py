@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from editing.config import TrainConfig
-from editing.editor_net import MendNetwork
-from editing.objective import LossWeights, editing_objective
-from editing.prefix import PrefixCache
-from editing.targets import EditScope
-from editing.tokens import TokenBatch, pad_token_id
-from editing.training_data import TrainingExample
+from editing.core.prefix import PrefixCache
+from editing.core.targets import EditScope
+from editing.core.tokens import TokenBatch, pad_token_id
+from editing.data.training_data import TrainingExample
+from editing.mend.editor_net import MendNetwork
+from editing.training.objective import LossWeights, editing_objective
 
 LOGGER = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]

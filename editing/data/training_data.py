@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from editing.data import EditRecord
-from editing.tokens import encode_example
+from editing.core.tokens import encode_example
+from editing.data.records import EditRecord
 
 Encoded = tuple[list[int], int]  # token ids, index of the first scored token
 

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editing.config import EditorConfig
-from editing.editor import MendEditor
-from editing.editor_net import MendNetwork
-from editing.hooks import LayerInfo, Orientation
-from editing.targets import EditScope
+from editing.core.hooks import LayerInfo, Orientation
+from editing.core.targets import EditScope
+from editing.mend.editor import MendEditor
+from editing.mend.editor_net import MendNetwork
 
 if TYPE_CHECKING:
-    from editing.trainer import EditorTrainer
+    from editing.training.trainer import EditorTrainer
 
 FORMAT = "mend-editor/1"
 EDITOR_TENSORS, EDITOR_JSON = "editor.safetensors", "editor.json"
@@ -137,7 +137,7 @@ def _save_trainer_state(directory: Path, trainer: EditorTrainer) -> None:
 def load_trainer_state(directory: str | Path, trainer: EditorTrainer) -> None:
     """Restore a trainer (built with the same data and config) to exactly where the checkpoint left it."""
     directory = Path(directory)
-    from editing.trainer import TrainerState
+    from editing.training.trainer import TrainerState
 
     network = load_file(directory / EDITOR_TENSORS)
     trainer.network.load_state_dict(network)
