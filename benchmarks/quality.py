@@ -8,36 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editing.config import TrainConfig
+from benchmarks.editors import TRAIN_FILE, VAL_FILE
 from editing.core.models import LoadedModel
 from editing.data.records import read_records
 from editing.editors import build_editor
 from editing.evaluation.evaluate import evaluate_edit, run_single_edits
-from editing.training.checkpoint import load_editor
-from editing.training.run import split_records, train_editor
 
 LOGGER = logging.getLogger(__name__)
-TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"
-VAL_FILE = "counterfact_easyedit_splits/counterfact-val.json"
 KL_REFERENCE = 32  # reference prompts for FT+KL's KL term
-
-
-def train_or_reuse(
-    loaded: LoadedModel, data_dir: Path, editor_dir: Path, minutes: float, device: str, on_metrics=None
-) -> dict[str, Any]:
-    """Train an editor for at most ``minutes`` unless ``editor_dir`` already holds one for this model."""
-    if (editor_dir / "editor.json").is_file():
-        load_editor(editor_dir, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
-        LOGGER.info("reusing the editor in %s", editor_dir)
-        return {"reused": str(editor_dir)}
-    records = read_records(data_dir / TRAIN_FILE).records
-    train, held_out = split_records(records, 200, seed=0)
-    config = TrainConfig(
-        max_minutes=minutes, max_steps=1_000_000, val_every=500, val_records=200, device=device
-    )
-    started = time.perf_counter()
-    run = train_editor(loaded, train, held_out, editor_dir, train_config=config, on_metrics=on_metrics)
-    return {**run.summary, "wall_seconds": time.perf_counter() - started, "train_records": len(train)}
 
 
 def evaluate_editors(

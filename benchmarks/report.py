@@ -87,3 +87,53 @@ def write_speed(speed: dict[str, Any], out: Path, suffix: str) -> None:
     figure.tight_layout()
     figure.savefig(out / f"speed{suffix}.png", dpi=120)
     plt.close(figure)
+
+
+SCALE_METRICS = ("rewrite", "rephrase", "locality", "ppl_change")
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    if row.get(metric) is None:
+        return "-"
+    if metric == "ppl_change":
+        return f"{100 * row[metric]:+.1f}%"
+    low, high = row.get(f"{metric}_ci95", [None, None])
+    return f"{row[metric]:.3f} [{low:.2f}, {high:.2f}]" if low is not None else f"{row[metric]:.3f}"
+
+
+def write_scale(result: dict[str, Any], out: Path, tag: str) -> None:
+    """``scale-<tag>.md`` (one table per data set) and ``scale-<tag>-<metric>.png`` per metric."""
+    rows = result["rows"]
+    lines = [f"# Many edits at once and night after night ({result['device']})", "",
+             "Means over the edits of each cell with 95% intervals; locality is the share of neighbourhood "
+             "answer tokens left unchanged; perplexity change on ME-PPL_1k texts.", ""]  # fmt: skip
+    for data_set in dict.fromkeys(row.get("data", "") for row in rows):
+        lines += [f"## {data_set}", "", "| editor | aggregation | mode | edits | rewrite | rephrase | locality | "
+                  "perplexity | seconds | subset |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in (r for r in rows if r.get("data", "") == data_set):
+            lines.append(
+                f"| {row['editor']} | {row['aggregation']} | {row['mode']} | {row['edits']} | "
+                + " | ".join(_cell(row, metric) for metric in SCALE_METRICS)
+                + f" | {row['seconds']:.1f} | {row.get('subset', '')} |"
+            )
+        lines.append("")
+    (out / f"scale-{tag}.md").write_text("\n".join(lines) + "\n")
+    plt = _pyplot()
+    for metric in SCALE_METRICS:
+        figure, axis = plt.subplots(figsize=(6.5, 3.8))
+        series = dict.fromkeys((r["editor"], r["mode"]) for r in rows if r.get("data") == "counterfact")
+        for editor, mode in series:
+            points = sorted((r["edits"], r[metric]) for r in rows if (r["editor"], r["mode"], r.get("data")) ==
+                            (editor, mode, "counterfact") and r.get(metric) is not None)  # fmt: skip
+            if points:
+                axis.plot(
+                    *zip(*points, strict=True), "o-" if mode == "batch" else "s--", label=f"{editor} ({mode})"
+                )
+        axis.set_xscale("log")
+        axis.set_xlabel("edits")
+        axis.set_ylabel(metric.replace("_", " "))
+        axis.set_title(f"CounterFact val: {metric.replace('_', ' ')} against the number of edits")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / f"scale-{tag}-{metric}.png", dpi=110)
+        plt.close(figure)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
+from benchmarks.editors import RECIPES, TRAIN_FILE, train_or_reuse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-minutes", type=float, default=60.0)
     parser.add_argument("--eval-records", type=int, default=500)
     parser.add_argument("--editors", default="unedited,mend,ft,ft-kl")
-    parser.add_argument("--editor-dir", type=Path, default=Path("benchmarks/work/editor"))
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES), default="mend-ls", help="the MEND editor (benchmarks.editors)"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path("benchmarks/work"), help="trained editors are kept here"
+    )
     parser.add_argument("--speed-records", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="", help="suffix for result file names, e.g. 'gpu'")
@@ -62,25 +68,26 @@ def main(argv: list[str] | None = None) -> None:
     header = {"machine": _machine(args.device), "device": args.device, "model": args.model,
               "fingerprint": loaded.fingerprint, "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
 
+    recipe = RECIPES[args.recipe]
+    editor_dir = args.work / recipe.name
     if args.suite in ("speed", "all"):
-        from benchmarks.quality import TRAIN_FILE, train_or_reuse
         from benchmarks.speed import edit_latency, training_step_speed
         from editing.training.checkpoint import load_editor
 
         records = read_records(args.data_dir / TRAIN_FILE, limit=args.speed_records).records
-        train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)
-        editor = load_editor(args.editor_dir, base_fingerprint=loaded.fingerprint, device=args.device)
+        train_or_reuse(loaded, args.data_dir, args.work, recipe, args.train_minutes, args.device)
+        editor = load_editor(editor_dir, base_fingerprint=loaded.fingerprint, device=args.device)
         speed = {**header, "edit_latency": edit_latency(loaded, editor, records, repeats=5),
                  "training_step": training_step_speed(loaded, records, batch_size=8, repeats=5)}  # fmt: skip
         (args.out / f"speed{suffix}.json").write_text(json.dumps(speed, indent=2))
         report.write_speed(speed, args.out, suffix)
 
     if args.suite in ("quality", "all"):
-        from benchmarks.quality import evaluate_editors, train_or_reuse
+        from benchmarks.quality import evaluate_editors
 
-        training = train_or_reuse(loaded, args.data_dir, args.editor_dir, args.train_minutes, args.device)
+        training = train_or_reuse(loaded, args.data_dir, args.work, recipe, args.train_minutes, args.device)
         results = evaluate_editors(
-            loaded, args.data_dir, args.editor_dir, args.editors.split(","), args.eval_records
+            loaded, args.data_dir, editor_dir, args.editors.split(","), args.eval_records
         )
         rows = {name: result.pop("rows") for name, result in results.items()}
         quality = {**header, "training": training, "eval_records": args.eval_records, "editors": results}

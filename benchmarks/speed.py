@@ -18,6 +18,7 @@ from editing.data.records import EditRecord
 from editing.data.training_data import encode_training_examples
 from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
+from editing.training.objective import consecutive_groups
 from editing.training.trainer import EditorTrainer
 
 
@@ -92,18 +93,21 @@ def edit_latency(
 
 
 def training_step_speed(
-    loaded: LoadedModel, records: Sequence[EditRecord], batch_size: int, repeats: int
+    loaded: LoadedModel, records: Sequence[EditRecord], batch_size: int, repeats: int, protected=None
 ) -> dict:
     """Seconds of one training step (objective, backward, Adam) on the same batch, with the prefix
-    cache (warm) and without it; the one-off cost of filling the cache is reported separately."""
+    cache (warm) and without it; the one-off cost of filling the cache is reported separately.
+    Single edits with the paper's aggregation unless ``protected`` keys are given (least squares)."""
     scope = resolve_scope(loaded.model)
     examples = encode_training_examples(loaded.tokenizer, records)
-    network = MendNetwork(scope.layers, EditorConfig())
+    network = MendNetwork(scope.layers, EditorConfig(aggregation="least_squares" if protected else "sum"))
     config = TrainConfig(batch_size=batch_size)
-    trainer = EditorTrainer(loaded.model, loaded.tokenizer, scope, network, examples, examples[:1], config)
-    batch = examples[:batch_size]
+    trainer = EditorTrainer(
+        loaded.model, loaded.tokenizer, scope, network, examples, examples[:1], config, protected=protected
+    )
+    batch = consecutive_groups(examples[:batch_size], 1)
     started = time.perf_counter()
-    trainer.cache.warm([sequence for example in batch for sequence in example.sequences()])
+    trainer.cache.warm([sequence for example in examples[:batch_size] for sequence in example.sequences()])
     fill_seconds = time.perf_counter() - started
 
     def step() -> None:

@@ -125,6 +125,19 @@ class EditorConfig(_Serializable):
     init_step_size: float = 1e-4
     # Share one network across edited weights of the same shape, with per-layer scale and shift.
     share_across_layers: bool = True
+    # How the rows of a batch of edits become one update (editing.mend.aggregation): "sum" (the paper)
+    # or "least_squares" (MALMEN's solve, with MEMIT's protected keys).
+    aggregation: Literal["sum", "least_squares"] = "least_squares"
+    # Least squares only, both learned per edited weight: the ridge, in units of the weight's mean
+    # protected eigenvalue (trace(C) / d_in, so the setting does not depend on the layer's scale), and the
+    # weight of the protected keys, roughly "how many protected keys one edit row is worth".
+    init_ridge: float = 1.0
+    init_protect: float = 100.0
+    # Least squares only: the keys the solve maps to value shifts. "inputs" are the layer inputs u
+    # (MALMEN); "network" are the network's u_tilde, so that a single edit's update is exactly the
+    # paper's rank-1 update (the solve only separates interfering edits and protects), and the network
+    # keeps learning which inputs an edit should reach (paraphrases).
+    solve_keys: Literal["inputs", "network"] = "inputs"
 
     def __post_init__(self) -> None:
         _require(self.rank is None or self.rank > 0, f"EditorConfig.rank must be positive, got {self.rank}")
@@ -135,6 +148,14 @@ class EditorConfig(_Serializable):
             math.isfinite(self.init_step_size) and self.init_step_size >= 0,
             f"EditorConfig.init_step_size must be finite and >= 0, got {self.init_step_size}",
         )
+        _require(
+            self.aggregation in ("sum", "least_squares"),
+            f"EditorConfig.aggregation must be sum or least_squares, got {self.aggregation!r}",
+        )
+        _require(self.solve_keys in ("inputs", "network"), f"bad solve_keys {self.solve_keys!r}")
+        for name in ("init_ridge", "init_protect"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, f"EditorConfig.{name} must be finite and > 0")
 
     def rank_for(self, dim: int) -> int:
         return min(self.rank or 1920, dim)
@@ -154,19 +175,28 @@ class TrainConfig(_Serializable):
     # locality inputs are unrelated text; CounterFact's are same-relation prompts, which leave ordinary
     # text unguarded, and summed edits then raise perplexity (see README).
     general_text_loss_weight: float = 0.0
+    # General text rides along on every n-th step only: its positions are most of a step's vocabulary
+    # projections, and a steady light pressure keeps text in place as well as a heavy one every step.
+    general_text_every: int = 1
     editor_lr: float = 1e-4
     step_size_lr: float = 1e-4
-    batch_size: int = 8  # edits per training step
-    # Edits composed into one summed update (consecutive examples of a batch). 1 trains single edits;
-    # an editor meant to apply many edits at once (a fix run) must see them composed in training, or
-    # the updates of related edits add up and wreck the model.
-    edits_per_update: int = 1
+    solver_lr: float = 1e-2  # learned log-ridge and log-protection weight (least squares)
+    batch_size: int = 8  # examples scored per training step
+    # Sizes of the groups of edits composed into one update, one size drawn per step (editing.training.
+    # groups). (1,) trains single edits; an editor meant to apply many edits at once (a fix run, a
+    # ledger) must see them composed in training, or the updates of related edits interfere.
+    group_sizes: tuple[int, ...] = (1,)
+    # Fraction of groups whose edits share a relation (the hard case for aggregation).
+    same_relation_fraction: float = 0.0
     grad_accumulation: int = 1
     grad_clip: float = 100.0
     max_steps: int = 10_000
     max_minutes: float | None = None
     val_every: int = 200
     val_records: int = 100
+    # Validation also applies the held-out edits in same-relation groups of this size (1: single only);
+    # the selection score is then the mean of the single-edit and the group score.
+    val_group_size: int = 16
     early_stop_patience: int = 5  # validations without improvement before stopping; 0 disables
     # What "improvement" means for keeping the best editor and early stopping: "score", the mean of
     # edit, rephrase and locality success (what the editor is for), or "loss".
@@ -187,20 +217,29 @@ class TrainConfig(_Serializable):
             "general_text_loss_weight",
             "editor_lr",
             "step_size_lr",
+            "solver_lr",
             "grad_clip",
         ):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0, f"TrainConfig.{name} must be finite and >= 0")
         for name in (
             "batch_size",
-            "edits_per_update",
+            "general_text_every",
             "grad_accumulation",
             "max_steps",
             "val_every",
             "val_records",
+            "val_group_size",
             "log_every",
         ):
             _require(getattr(self, name) >= 1, f"TrainConfig.{name} must be >= 1")
+        _require(
+            bool(self.group_sizes) and all(size >= 1 for size in self.group_sizes),
+            f"TrainConfig.group_sizes must be positive sizes, got {self.group_sizes}",
+        )
+        _require(
+            0 <= self.same_relation_fraction <= 1, "TrainConfig.same_relation_fraction must be in [0, 1]"
+        )
         _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
         _require(
             self.select_by in ("score", "loss"),

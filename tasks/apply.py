@@ -1,25 +1,81 @@
-"""Apply: edit the champion with all of this run's records as one batch, and store only what changed.
+"""Apply: build the candidate's weights from this run's edits and store only what changed.
 
-The result is a snapshot (``editing.core.snapshot``): the new values of the changed tensors relative to the
-*base* model, plus the base's fingerprint and a checksum, so a nightly candidate costs a few tens of
-megabytes, not another copy of the model.
+MEND builds the candidate from the **base model plus one aggregated edit of the whole ledger**: the
+champion's ledger (its flags' rows, cached in the store by earlier runs, ``tasks.edit_ledger``) plus this
+run's edits, solved together. Nothing is stacked on an edited model, so a thousand promoted edits cost one
+solve, and a rollback followed by a fix run gives exactly base + the rolled-back-to ledger + the new edits.
+FT and FT+KL have no rows to re-solve: they edit the champion (stacking, as fine-tuning night after night).
+
+The result is a snapshot (``editing.core.snapshot``): the new values of the changed tensors relative to
+the *base* model, plus the base's fingerprint, a checksum and the ledger's flag ids.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import replace
 
+import torch
 from prefect import task
 
-from editing.core.models import fingerprint
+from editing.core.models import LoadedModel, fingerprint
 from editing.core.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
 from editing.data.records import read_records
 from editing.editors import build_editor
+from editing.mend.rows import concat_rows
+from tasks.edit_ledger import (
+    Manifest,
+    cached_rows,
+    ledger_records,
+    read_manifest,
+    save_rows,
+    write_manifest,
+)
 from tasks.editor import editor_checkpoint
 from tasks.models import load_version, scratch_dir, upload_dir
 from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _restore_base(champion) -> LoadedModel:
+    """Put the base values back into the champion's model: it is then the base model, verified."""
+    parameters = dict(champion.loaded.model.named_parameters())
+    for name, value in champion.base_values.items():
+        parameters[name].copy_(value)
+    if fingerprint(champion.loaded.model) != champion.metadata.base_fingerprint:
+        raise RuntimeError("restoring the champion's base values did not give the base model")
+    return replace(champion.loaded, fingerprint=champion.metadata.base_fingerprint)
+
+
+def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, workspace):
+    """The update of the whole ledger, computed on the base model; returns (result, manifest)."""
+    store = settings.open_store()
+    model, tokenizer = champion.loaded.model, champion.loaded.tokenizer
+    new_ids = [record.record_id for record in records]
+    old_ids = [f for f in champion.metadata.ledger_flag_ids if f not in set(new_ids)]
+    old = read_manifest(store, champion.metadata.result_fingerprint, champion.metadata.ledger_flag_ids)
+    new_rows = editor.edit_rows(model, tokenizer, records)
+    rows_key = save_rows(store, new_rows, run_id, workspace)
+    manifest = Manifest(editor_uri, editor.aggregation.value, {f: rows_key for f in new_ids})
+    parts = []
+    if old_ids and old.editor_uri == editor_uri:
+        parts = cached_rows(store, old, old_ids, workspace)
+        manifest.flags.update({f: old.flags[f] for f in old_ids})
+    elif old_ids:  # another editor computed them: recompute once, cache under this run
+        LOGGER.info("ledger rows came from %s, not %s: recomputing %d edits", old.editor_uri, editor_uri,
+                    len(old_ids))  # fmt: skip
+        recomputed = editor.edit_rows(model, tokenizer, ledger_records(store, old_ids))
+        parts = [recomputed]
+        recomputed_key = save_rows(store, recomputed, f"{run_id}-ledger", workspace)
+        manifest.flags.update({f: recomputed_key for f in old_ids})
+    started = time.perf_counter()
+    result = editor.aggregate(concat_rows([*parts, new_rows]))
+    LOGGER.info("solved a ledger of %d edits (%d new) in %.2f s", len(old_ids) + len(new_ids), len(new_ids),
+                time.perf_counter() - started)  # fmt: skip
+    return result, manifest, [*old_ids, *new_ids]
 
 
 def apply_edits(
@@ -39,9 +95,15 @@ def apply_edits(
 
     champion = load_version(settings, champion_version)
     model, tokenizer = champion.loaded.model, champion.loaded.tokenizer
-    tuning = {} if settings.editor == "mend" else {"steps": settings.ft_steps, "lr": settings.ft_lr}
-    editor = build_editor(settings.editor, champion.loaded, editor_path=editor_dir, **tuning)
-    result = editor.edit(model, tokenizer, records)
+    manifest, ledger_ids = None, [*champion.metadata.ledger_flag_ids, *flag_ids]
+    if settings.editor == "mend":
+        editor = build_editor("mend", _restore_base(champion), editor_path=editor_dir)
+        result, manifest, ledger_ids = _ledger_edit(
+            settings, champion, editor, records, run_id, editor_uri, workspace
+        )
+    else:
+        tuning = {"steps": settings.ft_steps, "lr": settings.ft_lr}
+        result = build_editor(settings.editor, champion.loaded, **tuning).edit(model, tokenizer, records)
     parameters = dict(model.named_parameters())
     # Base values of everything that may now differ: what the champion replaced, and what this edit touches.
     base_values = {name: parameters[name].detach().clone() for name in result.deltas}
@@ -54,8 +116,11 @@ def apply_edits(
         editor=settings.editor,
         derived_from_version=str(champion_version),
         flag_ids=tuple(flag_ids),
+        ledger_flag_ids=tuple(dict.fromkeys(ledger_ids)),
     )
     snapshot_dir = save_snapshot(workspace / "snapshot", changed_tensors(base_values, model), metadata)
+    if manifest is not None:
+        write_manifest(store, metadata.result_fingerprint, manifest)
     prefix = upload_dir(store, snapshot_dir, f"runs/{run_id}/snapshot")
     LOGGER.info(
         "applied %d edits to version %s; snapshot in %s", len(records), champion_version, store.url(prefix)

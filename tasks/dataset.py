@@ -69,16 +69,18 @@ def locality_pool(
     return pool, key
 
 
-def _retention_records(store: Store, ledger: Ledger) -> list[EditRecord]:
-    states = ledger.states()
-    promoted = [
-        f
-        for f in read_flag_log(store).flags
-        if f.flag_id in states and states[f.flag_id].state == FlagState.PROMOTED
-    ]
+def _retention_records(store: Store, ledger: Ledger, champion_ledger: tuple[str, ...]) -> list[EditRecord]:
+    """Every edit the champion holds (its snapshot's ledger), so the gate checks that all of them stay
+    fixed; a champion from before ledgers were recorded falls back to every promoted flag."""
+    if champion_ledger:
+        kept = set(champion_ledger)
+    else:
+        states = ledger.states()
+        kept = {f for f, entry in states.items() if entry.state == FlagState.PROMOTED}
     return [
         EditRecord(f.flag_id, f.prompt, f.correction, subject=f.subject, rephrase_prompts=f.paraphrases)
-        for f in promoted
+        for f in read_flag_log(store).flags
+        if f.flag_id in kept
     ]
 
 
@@ -120,10 +122,11 @@ def assemble_dataset(
 ) -> DatasetKeys:
     store = settings.open_store()
     flags = read_flags(store, flags_key)
-    champion = load_version(settings, champion_version).loaded
+    state = load_version(settings, champion_version)
+    champion = state.loaded
     pool, pool_key = locality_pool(settings, store, champion, champion_version)
     records = _edit_records(flags, champion, pool, settings.locality_per_edit)
-    retained = _retention_records(store, Ledger(store))
+    retained = _retention_records(store, Ledger(store), state.metadata.ledger_flag_ids)
     workspace = scratch_dir(run_id)
     prefix = f"runs/{run_id}"
     for name, items in (("edit_dataset.jsonl", records), ("retention.jsonl", retained)):

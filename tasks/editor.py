@@ -52,13 +52,14 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     """Train a MEND editor for the base model on CounterFact train and register it; returns its URI."""
     import torch
 
-    from editing.config import TrainConfig
+    from editing.config import EditorConfig, TrainConfig
     from editing.core.models import load_model
     from editing.data.records import read_records
     from editing.training.checkpoint import export_editor
     from editing.training.run import split_records, train_editor
     from tasks.editor_registry import register_editor
     from tasks.models import base_location, scratch_dir
+    from tasks.protected import protected_keys_for, store_scored_prompts
     from tasks.tracking import configure_tracking, fix_run, log_params, metrics_callback
 
     configure_tracking(settings.tracking_uri)
@@ -69,19 +70,27 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     train, held_out = split_records(records, min(100, len(records) // 10), seed=0)
     config = TrainConfig(
         max_minutes=settings.editor_train_minutes, max_steps=settings.editor_train_steps, device=device,
-        val_every=200, val_records=len(held_out), edits_per_update=settings.editor_edits_per_update,
+        val_every=200, val_records=len(held_out), group_sizes=settings.group_sizes(),
+        same_relation_fraction=settings.editor_same_relation,
         locality_loss_weight=settings.editor_locality_weight,
         general_text_loss_weight=settings.editor_general_text_weight,
     )  # fmt: skip
+    editor_config = EditorConfig(aggregation=settings.editor_aggregation)
+    protected = None
+    if editor_config.aggregation == "least_squares":
+        exclude = [p for r in records for p in (r.prompt, *r.rephrase_prompts)]
+        protected = protected_keys_for(settings, loaded, exclude + store_scored_prompts(settings.open_store()))
     out = scratch_dir("editor") / "editor"
     started = time.perf_counter()
     with fix_run(
         "mend-editor-training", run_name="train-editor", tags={"base_fingerprint": loaded.fingerprint}
     ) as run_id:
-        log_params({"device": device, "train_records": len(train), **config.to_dict()}, run_id=run_id)
+        log_params({"device": device, "train_records": len(train), **config.to_dict(),
+                    **{f"editor_{k}": v for k, v in editor_config.to_dict().items()}}, run_id=run_id)  # fmt: skip
         on_metrics = metrics_callback(run_id=run_id)
         run = train_editor(
-            loaded, train, held_out, out, train_config=config, on_metrics=on_metrics,
+            loaded, train, held_out, out, train_config=config, editor_config=editor_config,
+            on_metrics=on_metrics, protected=protected,
             general_texts=general_texts(settings, len(records)) if config.general_text_loss_weight else (),
         )  # fmt: skip
         best = next((v for v in run.summary["validations"] if v["step"] == run.summary["best_step"]), None)

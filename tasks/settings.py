@@ -16,6 +16,7 @@ from typing import Any, Self
 from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
+AGGREGATIONS = ("least_squares", "sum")
 
 
 class SettingsError(ValueError):
@@ -39,15 +40,22 @@ class FixSettings:
     # CounterFact train records used to train an editor. Under a short CPU budget a smaller set seen
     # several times (its frozen prefixes cached after the first pass) beats one slow pass over more.
     editor_train_records: int
-    # Edits composed into one update while training that editor: a fix run applies all its edits as
-    # one summed update, which an editor trained only on single edits cannot take (see README).
-    editor_edits_per_update: int
+    # How that editor combines a batch of edits (sum | least_squares) and the group sizes it trains on:
+    # a fix run applies all of a ledger's edits as one update, which an editor trained only on single
+    # edits cannot take (see README). Sizes as "1,2,4"; a share of groups is same-relation on purpose.
+    editor_aggregation: str
+    editor_group_sizes: str
+    editor_same_relation: float
     # Weights of that training's locality terms (TrainConfig.locality_loss_weight and
     # general_text_loss_weight). The paper's 1.0 and no general text suit single edits; a summed batch
     # of related edits needs more weight on leaving other prompts alone (see README).
     editor_locality_weight: float
     editor_general_text_weight: float
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
+    # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
+    # whose facts the model answers right (editing.data.protected_sources).
+    protected_texts: int
+    protected_facts: int
     locality_pool_prompts: int  # reference prompts (CounterFact neighbourhood prompts) in the pool
     locality_per_edit: int  # locality probes per edit (half hard neighbours, half random)
     reference_texts: int  # ME-PPL sentences for the perplexity check
@@ -66,14 +74,22 @@ class FixSettings:
             "editor_train_minutes",
             "editor_train_steps",
             "editor_train_records",
-            "editor_edits_per_update",
             "locality_per_edit",
+            "protected_texts",
+            "protected_facts",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.editor_aggregation not in AGGREGATIONS:
+            raise SettingsError(
+                f"editor_aggregation {self.editor_aggregation!r} (MEND_EDITOR_AGGREGATION): one of {AGGREGATIONS}"
+            )
+        if not 0 <= self.editor_same_relation <= 1:
+            raise SettingsError("editor_same_relation (MEND_EDITOR_SAME_RELATION) must be in [0, 1]")
+        self.group_sizes()  # parses, or names the variable
         if not self.registered_model:
             raise SettingsError("registered_model (MEND_REGISTERED_MODEL) must be non-empty")
 
@@ -89,10 +105,14 @@ class FixSettings:
             "editor_train_minutes": _number("MEND_EDITOR_TRAIN_MINUTES", 8.0),
             "editor_train_steps": int(_number("MEND_EDITOR_TRAIN_STEPS", 100_000)),
             "editor_train_records": int(_number("MEND_EDITOR_TRAIN_RECORDS", 2_000)),
-            "editor_edits_per_update": int(_number("MEND_EDITOR_EDITS_PER_UPDATE", 8)),
+            "editor_aggregation": environ.get("MEND_EDITOR_AGGREGATION", "least_squares"),
+            "editor_group_sizes": environ.get("MEND_EDITOR_GROUP_SIZES", "1,2,4,8,16,32,64"),
+            "editor_same_relation": _number("MEND_EDITOR_SAME_RELATION", 0.5),
             "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 10.0),
             "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 1.0),
             "data_dir": str(_default_data_dir()),
+            "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
+            "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),
             "locality_pool_prompts": int(_number("MEND_LOCALITY_POOL_PROMPTS", 200)),
             "locality_per_edit": int(_number("MEND_LOCALITY_PER_EDIT", 4)),
             "reference_texts": int(_number("MEND_REFERENCE_TEXTS", 100)),
@@ -104,6 +124,18 @@ class FixSettings:
             "ft_lr": _number("MEND_FT_LR", 1e-4),
         }
         return cls(**{**values, **overrides})
+
+    def group_sizes(self) -> tuple[int, ...]:
+        try:
+            sizes = tuple(int(part) for part in self.editor_group_sizes.split(","))
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) < 1:
+            raise SettingsError(
+                f"editor_group_sizes {self.editor_group_sizes!r} (MEND_EDITOR_GROUP_SIZES): "
+                "positive integers separated by commas, e.g. 1,2,4,8"
+            )
+        return sizes
 
     def with_changes(self, **changes: Any) -> Self:
         return replace(self, **changes)

@@ -27,6 +27,7 @@ def make_settings(tmp_path, tiny_base_dir, monkeypatch):
     from tasks.settings import FixSettings
 
     monkeypatch.setenv("MEND_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEND_CACHE_DIR", str(tmp_path / "cache"))  # protected keys of the tiny model
 
     def build(*, thresholds: dict | None = None, **changes) -> FixSettings:
         thresholds_path = None
@@ -46,6 +47,8 @@ def make_settings(tmp_path, tiny_base_dir, monkeypatch):
             "editor_train_minutes": 1.0,
             "editor_train_steps": 6,
             "editor_train_records": 40,
+            "protected_texts": 16,
+            "protected_facts": 20,
             "thresholds_path": str(thresholds_path) if thresholds_path else None,
         }
         return FixSettings.from_env(**{**values, **changes})

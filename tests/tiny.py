@@ -90,3 +90,21 @@ def _cached(kind: TinyKind) -> LoadedModel:
 def make_tiny_model(kind: TinyKind) -> LoadedModel:
     """The tiny model of this kind. Shared within a test session: tests must not leave it edited."""
     return _cached(kind)
+
+
+_PROTECTED: dict[str, object] = {}
+
+
+def tiny_protected(loaded: LoadedModel):
+    """Protected keys of a tiny model, measured on the tokenizer corpus (the random model answers no fact
+    right, so only the text term is filled). Cached per model: they take a second to measure."""
+    from editing.core.targets import resolve_scope
+    from editing.data.records import PromptAnswer
+    from editing.mend.protected import collect_protected_keys
+
+    if loaded.fingerprint not in _PROTECTED:
+        _PROTECTED[loaded.fingerprint] = collect_protected_keys(
+            loaded.model, loaded.tokenizer, resolve_scope(loaded.model), loaded.fingerprint,
+            texts=CORPUS, facts=[PromptAnswer("The capital of France is", "Paris")],
+        )  # fmt: skip
+    return _PROTECTED[loaded.fingerprint]

@@ -62,6 +62,9 @@ class SnapshotMetadata:
     editor: str  # which editor produced the change ("mend", "ft", "base" for the unedited model)
     derived_from_version: str | None = None  # registered version the edit was applied to
     flag_ids: tuple[str, ...] = ()  # the flagged mistakes this candidate fixes
+    # Every flag whose edit is in these weights: the champion's ledger plus ``flag_ids`` (a candidate is
+    # the base model plus one edit of its whole ledger, so this is what it must keep fixed).
+    ledger_flag_ids: tuple[str, ...] = ()
     created_at: str = field(default_factory=utc_now)
     tensor_names: tuple[str, ...] = ()
     checksum_sha256: str = ""  # sha256 of changed.safetensors
@@ -75,7 +78,7 @@ class SnapshotMetadata:
         for name in ("base_model_source", "editor"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SnapshotError(f"SnapshotMetadata.{name} must be a non-empty string")
-        for name in ("flag_ids", "tensor_names"):
+        for name in ("flag_ids", "ledger_flag_ids", "tensor_names"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or not all(isinstance(item, str) for item in values):
                 raise SnapshotError(f"SnapshotMetadata.{name} must be a tuple of strings, got {values!r}")

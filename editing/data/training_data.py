@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from editing.core.tokens import encode_example
 from editing.data.records import EditRecord
+from editing.data.relations import relation_labels
 
 Encoded = tuple[list[int], int]  # token ids, index of the first scored token
 
@@ -21,6 +22,7 @@ class TrainingExample:
     # General text whose next-token distributions must not change at any scored position. Locality
     # probes cover a few answer tokens; this keeps the (summed) update off ordinary text as well.
     general: Encoded | None = None
+    relation: str = ""  # records with equal labels share a relation (editing.data.relations)
 
     def sequences(self) -> tuple[list[int], ...]:
         sequences = (self.edit[0], self.rephrase[0], self.locality[0])
@@ -34,7 +36,7 @@ class TrainingDataError(ValueError):
 def encode_training_examples(tokenizer, records: Sequence[EditRecord]) -> list[TrainingExample]:
     """Tokenise once; every record needs a rephrase prompt and a locality probe."""
     examples = []
-    for record in records:
+    for record, relation in zip(records, relation_labels(records), strict=True):
         if not record.rephrase_prompts:
             raise TrainingDataError(f"record {record.record_id}: field 'rephrase_prompts' is empty")
         if not record.locality:
@@ -46,6 +48,7 @@ def encode_training_examples(tokenizer, records: Sequence[EditRecord]) -> list[T
                 encode_example(tokenizer, record.prompt, record.target_new),
                 encode_example(tokenizer, record.rephrase_prompts[0], record.target_new),
                 encode_example(tokenizer, locality.prompt, locality.answer),
+                relation=relation,
             )
         )
     return examples

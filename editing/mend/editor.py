@@ -1,6 +1,7 @@
 """MEND edits, split into the steps of the paper's Algorithm 2.
 
-    capture_edit_factors -> transform_factors -> compose_deltas -> (apply: editing.core.apply.EditResult)
+    capture_edit_factors -> transform_factors -> rows (editing.mend.rows) -> aggregate
+    (editing.mend.aggregation: sum or least squares) -> (apply: editing.core.apply.EditResult)
 
 Sign and step size (the paper and the original code disagree, eric-mitchell/mend issues 13 and 15):
 we follow the paper's gradient *descent* convention, ``W_new = W - step * pseudo_grad``, with one learned
@@ -11,6 +12,7 @@ With an untrained (identity) network the edit is then one SGD step on the edit l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,13 +21,17 @@ from torch import nn
 
 from editing.core.apply import EditResult, named_parameters
 from editing.core.forward import compute_prefix, scored_logits
-from editing.core.hooks import Factors, capture_factors, outer_sum
+from editing.core.hooks import Factors, capture_factors
 from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
+from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
 from editing.mend.editor_net import MendNetwork
+from editing.mend.protected import ProtectedKeys
+from editing.mend.rows import EditRows, concat_rows
 
+LOGGER = logging.getLogger(__name__)
 Prefix = tuple[str, int, torch.Tensor]
 
 
@@ -97,73 +103,103 @@ def transform_factors(
     return network.transform(rows)
 
 
-def compose_deltas(
-    network: MendNetwork,
-    transformed: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    rows: torch.Tensor | None = None,
+def key_rows(
+    network: MendNetwork, captured: CapturedEdit, transformed: dict[str, tuple[torch.Tensor, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
-    """``-step * sum_rows(delta_tilde u_tilde^T)`` per weight, over ``rows`` (bool mask) or all rows."""
-    deltas = {}
-    for name, (u_tilde, delta_tilde) in transformed.items():
-        if rows is not None:
-            u_tilde, delta_tilde = u_tilde[rows], delta_tilde[rows]
-        pseudo_gradient = outer_sum(u_tilde, delta_tilde, network.layers[name].orientation)
-        deltas[name] = -network.step_size(name) * pseudo_gradient  # same layout as the weight
-    return deltas
-
-
-def edited_weights(
-    model: nn.Module,
-    network: MendNetwork,
-    transformed: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    rows: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """``W - step * sum_rows(delta_tilde u_tilde^T)`` per weight for ``functional_call``, differentiable
-    in the transformed factors and step sizes. The step scales the (few) rows before the product, and
-    the product is added to ``W`` in the same pass, so no separate delta matrix is ever built."""
-    parameters = named_parameters(model, list(transformed))
-    weights = {}
-    for name, (u_tilde, delta_tilde) in transformed.items():
-        if rows is not None:
-            u_tilde, delta_tilde = u_tilde[rows], delta_tilde[rows]
-        weight = parameters[name]
-        scaled_u = -network.step_size(name) * u_tilde  # (rows, d_in)
-        weights[name] = outer_sum(
-            scaled_u.to(weight.dtype),
-            delta_tilde.to(weight.dtype),
-            network.layers[name].orientation,
-            base=weight,
-        )
-    return weights
+    """Per weight, (rows, d_in) the keys a least-squares solve maps to value shifts: the layer inputs
+    ``u`` at the tokens that carry loss, or the network's ``u_tilde`` (``EditorConfig.solve_keys``)."""
+    if network.config.solve_keys == "network":
+        return {name: u_tilde for name, (u_tilde, _) in transformed.items()}
+    return {name: factors.u[captured.token_mask].float() for name, factors in captured.factors.items()}
 
 
 class MendEditor:
-    """A trained MEND network behind the ``Editor`` protocol."""
+    """A trained MEND network behind the ``Editor`` protocol.
+
+    ``edit`` = ``aggregate(edit_rows(...))``: rows are what each edit asks of each weight, computed on the
+    model given (the base model, for a ledger); aggregation turns any set of rows into one update.
+    Least-squares aggregation needs the base model's protected keys (``editing.mend.protected``).
+    """
 
     name = "mend"
 
-    def __init__(self, network: MendNetwork, scope: EditScope):
-        self.network = network
-        self.scope = scope
+    def __init__(self, network: MendNetwork, scope: EditScope, protected: ProtectedKeys | None = None):
+        if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
+            raise ValueError("a least-squares MEND editor needs the base model's protected keys")
+        self.network, self.scope, self.protected = network, scope, protected
+        # Per weight, the solver settings with the factorised prior: they depend only on the (frozen)
+        # network and the protected keys, so they are computed on first use and kept.
+        self._solvers: dict[str, SolverSettings] = {}
+
+    @property
+    def aggregation(self) -> Aggregation:
+        return Aggregation(self.network.config.aggregation)
 
     @torch.no_grad()
     def _prefix(self, model: nn.Module, batch: TokenBatch) -> Prefix:
         hidden = compute_prefix(model, self.scope.blocks_path, self.scope.first_block, batch)
         return self.scope.blocks_path, self.scope.first_block, hidden
 
-    def edit(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> EditResult:
-        """One edit that makes every record's prompt complete with its ``target_new`` (summed over records)."""
+    def edit_rows(
+        self, model: nn.Module, tokenizer, records: Sequence[EditRecord], *, chunk_size: int = 32
+    ) -> EditRows:
+        """Every record's rows, ``chunk_size`` records per pass. The normalisers are frozen when editing,
+        so a record's rows do not depend on what it is batched with."""
         if not records:
             raise ValueError("no records to edit")
         device = next(model.parameters()).device
-        batch = encode_batch(tokenizer, [r.prompt for r in records], [r.target_new for r in records]).to(
-            device
+        self.network.eval()
+        parts, losses = [], []
+        for start in range(0, len(records), chunk_size):
+            chunk = records[start : start + chunk_size]
+            batch = encode_batch(tokenizer, [r.prompt for r in chunk], [r.target_new for r in chunk]).to(
+                device
+            )
+            captured = capture_edit_factors(model, self.scope, batch, self._prefix(model, batch))
+            with torch.no_grad():
+                transformed = transform_factors(self.network, captured)
+            keys = key_rows(self.network, captured, transformed)
+            parts.append(
+                EditRows(
+                    keys,
+                    {
+                        n: -self.network.step_size(n).detach() * u_tilde
+                        for n, (u_tilde, _) in transformed.items()
+                    },
+                    {n: delta_tilde for n, (_, delta_tilde) in transformed.items()},
+                    captured.row_example.cpu(),
+                    tuple(r.record_id for r in chunk),
+                )
+            )
+            losses.append(float(captured.loss))
+        rows = concat_rows(parts)
+        LOGGER.info("%d edit(s): %d rows, mean edit loss before %.3f", len(records), rows.row_record.shape[0],
+                    sum(losses) / len(records))  # fmt: skip
+        return rows
+
+    def solver(self, name: str) -> SolverSettings:
+        """The least-squares settings of one edited weight: learned weights and its protected moment."""
+        ridge_scale, protect = self.network.solver_weights(name)
+        moment = self.protected.second_moments[name]
+        return SolverSettings(
+            float(ridge_scale) * self.protected.mean_eigenvalue(name), float(protect), moment
         )
-        self.network.eval()  # freezes the normalisers' statistics
-        captured = capture_edit_factors(model, self.scope, batch, self._prefix(model, batch))
-        with torch.no_grad():
-            deltas = compose_deltas(self.network, transform_factors(self.network, captured))
-        diagnostics = {"edit_loss_before": float(captured.loss) / len(records)}
-        for name, delta in deltas.items():
-            diagnostics[f"delta_norm/{name}"] = float(delta.norm())
-        return EditResult({name: delta.detach() for name, delta in deltas.items()}, diagnostics)
+
+    @torch.no_grad()
+    def aggregate(self, rows: EditRows, *, aggregation: Aggregation | None = None) -> EditResult:
+        """One update per edited weight from ``rows`` (by the editor's own aggregation unless given)."""
+        aggregation = Aggregation(aggregation or self.aggregation)
+        deltas, diagnostics = {}, {"rows": float(rows.row_record.shape[0]), "edits": float(len(rows))}
+        for name in rows.weight_names:
+            solver = self.solver(name) if aggregation is Aggregation.LEAST_SQUARES else None
+            deltas[name] = aggregate_update(
+                aggregation, rows.keys[name], rows.pseudo_keys[name], rows.pseudo_values[name],
+                self.network.layers[name].orientation, solver,
+            )  # fmt: skip
+            diagnostics[f"delta_norm/{name}"] = float(deltas[name].norm())
+        return EditResult(deltas, diagnostics)
+
+    def edit(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> EditResult:
+        """One edit that makes every record's prompt complete with its ``target_new``."""
+        device = next(model.parameters()).device
+        return self.aggregate(self.edit_rows(model, tokenizer, records)).to(device)

@@ -13,6 +13,7 @@ too (mean 0, variance 1) and collect running statistics of the factors during tr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -144,6 +145,10 @@ class MendNetwork(nn.Module):
         )
         self.step_sizes = nn.Parameter(torch.full((len(layers),), config.init_step_size))
         self.weight_names = [layer.weight_name for layer in layers]
+        if config.aggregation == "least_squares":
+            # Logarithms, so that both stay positive and Adam moves them by ratios.
+            self.log_ridge = nn.Parameter(torch.full((len(layers),), math.log(config.init_ridge)))
+            self.log_protect = nn.Parameter(torch.full((len(layers),), math.log(config.init_protect)))
 
     def transform(
         self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -174,6 +179,18 @@ class MendNetwork(nn.Module):
 
     def step_size(self, weight_name: str) -> torch.Tensor:
         return self.step_sizes[self.weight_names.index(weight_name)]
+
+    def solver_weights(self, weight_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least squares: (ridge in units of the mean protected eigenvalue, protection weight), 0-d tensors."""
+        if self.config.aggregation != "least_squares":
+            raise ValueError(f"an editor aggregating by {self.config.aggregation} has no solver weights")
+        index = self.weight_names.index(weight_name)
+        return self.log_ridge[index].exp(), self.log_protect[index].exp()
+
+    def solver_parameters(self) -> list[nn.Parameter]:
+        """The learned logarithms of ridge and protection weight (none for the sum): trained at their own
+        learning rate, since they move by ratios while the network moves by small steps."""
+        return [getattr(self, name) for name in ("log_ridge", "log_protect") if hasattr(self, name)]
 
 
 def _safe(layer: LayerInfo) -> str:

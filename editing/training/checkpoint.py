@@ -1,8 +1,9 @@
 """Editor checkpoints: safetensors for tensors, JSON for everything else, never pickle.
 
-A checkpoint directory holds ``editor.safetensors`` (network weights, step sizes and normaliser
-statistics) and ``editor.json`` (configs, the edited layers, training metrics, and the fingerprint of
-the base model it was trained for). Training checkpoints add ``trainer_state.safetensors`` /
+A checkpoint directory holds ``editor.safetensors`` (network weights, step sizes, solver weights and
+normaliser statistics), ``editor.json`` (configs, the edited layers, training metrics, and the
+fingerprint of the base model it was trained for) and, for a least-squares editor,
+``protected_keys.safetensors`` (the base model's protected second moments, ``editing.mend.protected``). Training checkpoints add ``trainer_state.safetensors`` /
 ``trainer_state.json`` (optimizer state, RNG, data position, best network) for an exact resume.
 """
 
@@ -23,6 +24,7 @@ from editing.core.hooks import LayerInfo, Orientation
 from editing.core.targets import EditScope
 from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
+from editing.mend.protected import PROTECTED_FILE, ProtectedKeys
 
 if TYPE_CHECKING:
     from editing.training.trainer import EditorTrainer
@@ -75,6 +77,8 @@ def save_editor(
         "metrics": metrics or {},
     }
     (staging / EDITOR_JSON).write_text(json.dumps(description, indent=2, default=float))
+    if editor.protected is not None:
+        editor.protected.save(staging)
     if trainer is not None:
         _save_trainer_state(staging, trainer)
     _replace_directory(staging, directory)
@@ -86,8 +90,9 @@ def export_editor(source: str | Path, target: str | Path) -> Path:
     source, target = Path(source), Path(target)
     read_description(source)
     target.mkdir(parents=True, exist_ok=True)
-    for name in (EDITOR_TENSORS, EDITOR_JSON):
-        shutil.copyfile(source / name, target / name)
+    for name in (EDITOR_TENSORS, EDITOR_JSON, PROTECTED_FILE):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
     return target
 
 
@@ -95,6 +100,8 @@ def read_description(directory: str | Path) -> dict[str, Any]:
     description = json.loads((Path(directory) / EDITOR_JSON).read_text())
     if description.get("format") != FORMAT:
         raise ValueError(f"{directory}: not a {FORMAT} checkpoint (format {description.get('format')!r})")
+    # Editors saved before aggregation was a choice summed their edits.
+    description["editor_config"].setdefault("aggregation", "sum")
     return description
 
 
@@ -116,7 +123,10 @@ def load_editor(
     network = MendNetwork(layers, EditorConfig.from_dict(description["editor_config"]))
     network.load_state_dict(load_file(directory / EDITOR_TENSORS))
     scope = EditScope(description["blocks_path"], description["first_block"], layers)
-    return MendEditor(network.to(device).eval(), scope)
+    protected = None
+    if network.config.aggregation == "least_squares":
+        protected = ProtectedKeys.load(directory, base_fingerprint=base_fingerprint)
+    return MendEditor(network.to(device).eval(), scope, protected)
 
 
 def _save_trainer_state(directory: Path, trainer: EditorTrainer) -> None:

@@ -2,26 +2,30 @@
 new target (edit loss) and an unrelated input must keep its output distribution (locality loss). Examples
 that carry general text add a second locality term over every scored position of that text.
 
-Edits in a batch are independent: each example is edited on its own, exactly as at deployment, and the
-batch loss is the mean over examples.
+A training batch is a list of groups. A group's edits are applied together, as one update under the
+network's aggregation (``editing.mend.aggregation``), exactly as a fix run applies its edits; the first
+``scored`` examples of each group are scored under that update (scoring every member of a group of 64
+would cost 64 edited passes for one update). The batch loss is the mean over scored examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from editing.core.apply import named_parameters
 from editing.core.forward import scored_hidden
 from editing.core.losses import per_example_mean, token_kl, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, collate
 from editing.data.training_data import TrainingExample
-from editing.mend.editor import capture_edit_factors, edited_weights, transform_factors
+from editing.mend.aggregation import ProtectedBasis
+from editing.mend.editor import capture_edit_factors, key_rows, transform_factors
 from editing.mend.editor_net import MendNetwork
-from editing.mend.lowrank import low_rank_edits, per_example_updates
+from editing.mend.lowrank import group_factors, group_weights, low_rank_edits
 
 PrefixFn = Callable[[TokenBatch], "tuple[str, int, torch.Tensor] | None"]
 
@@ -35,6 +39,25 @@ class LossWeights:
 
 # Roles of the sequences scored after an edit.
 REPHRASE, LOCALITY, REWRITE, GENERAL = range(4)
+Protection = Mapping[str, tuple[ProtectedBasis, float]]
+
+
+@dataclass(frozen=True)
+class EditGroup:
+    """Edits applied together as one update; the first ``scored`` of them are scored after it."""
+
+    examples: tuple[TrainingExample, ...]
+    scored: int
+
+    def __post_init__(self) -> None:
+        if not self.examples or not 1 <= self.scored <= len(self.examples):
+            raise ValueError(f"a group of {len(self.examples)} edits cannot score {self.scored}")
+
+
+def consecutive_groups(examples: Sequence[TrainingExample], size: int) -> list[EditGroup]:
+    """Consecutive examples in groups of ``size`` (the last may be smaller), every example scored."""
+    chunks = [tuple(examples[start : start + size]) for start in range(0, len(examples), size)]
+    return [EditGroup(chunk, len(chunk)) for chunk in chunks]
 
 
 def _accuracy(predictions: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, count: int) -> float:
@@ -46,7 +69,7 @@ def editing_objective(
     model: nn.Module,
     scope: EditScope,
     network: MendNetwork,
-    examples: Sequence[TrainingExample],
+    groups: Sequence[EditGroup],
     *,
     pad_id: int,
     prefix_for: PrefixFn,
@@ -54,43 +77,45 @@ def editing_objective(
     with_rewrite: bool = False,
     batched: bool = True,
     edit_loss_on_prompt: bool = False,
-    edits_per_update: int = 1,
+    protection: Protection | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre || post)``
-    (plus ``weights.general * KL`` on general text, for examples that carry one).
+    """Mean over scored examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre ||
+    post)`` (plus ``weights.general * KL`` on general text, for examples that carry one), each example
+    edited by its group's update.
 
-    Gradients flow into the network (and step sizes) through the edited weights; the base model and the
-    captured factors are constants. ``with_rewrite`` also scores the edit prompt itself (validation).
-    ``batched`` runs every example's edited pass in one forward (``editing.mend.lowrank``); otherwise each
-    example gets its own ``functional_call`` with ``W + delta`` (the reference; same result, slower).
-    ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit loss
-    (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig).
-    ``edits_per_update`` composes consecutive examples' edits into one summed update, and scores each
-    example under its group's update: how a fix run applies its edits (the paper's batched editing).
+    Gradients flow into the network (and step sizes and solver weights) through the update; the base
+    model and the captured factors are constants. ``with_rewrite`` also scores the edit prompt itself
+    (validation). ``batched`` runs every example's edited pass in one forward (``editing.mend.lowrank``);
+    otherwise each example gets its own ``functional_call`` with ``W + delta`` (the reference; same result,
+    slower). ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit
+    loss (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig). ``protection`` holds each
+    weight's protected basis and mean eigenvalue, for least-squares aggregation.
     """
     with_rewrite = with_rewrite or edit_loss_on_prompt
     device = next(model.parameters()).device
-    count = len(examples)
-    # One pass gives the edits' factors and, riding along, the locality prompts' pre-edit logits.
-    general_texts = [e.general for e in examples if e.general is not None]
+    members = [example for group in groups for example in group.examples]
+    member_group = torch.tensor([g for g, group in enumerate(groups) for _ in group.examples], device=device)
+    scored = [(g, example) for g, group in enumerate(groups) for example in group.examples[: group.scored]]
+    count, edits = len(scored), len(members)
+    # One pass gives every member's factors and, riding along, the scored examples' pre-edit logits.
+    general_texts = [example.general for _, example in scored if example.general is not None]
     first_batch = collate(
-        [e.edit for e in examples] + [e.locality for e in examples] + general_texts, pad_id
+        [e.edit for e in members] + [e.locality for _, e in scored] + general_texts, pad_id
     ).to(device)
-    captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=count)
+    captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=edits)
     transformed = transform_factors(network, captured)
-    # Factor rows (and below, scored sequences) belong to their example's group, so that every example
-    # in a group is scored under the sum of the group's edits.
-    row_group = captured.row_example // edits_per_update  # (rows,) group of each factor row
+    factors = group_factors(
+        network, key_rows(network, captured, transformed), transformed,
+        member_group[captured.row_example], len(groups), protection,
+    )  # fmt: skip
     first_sequence = first_batch.scored_example  # (first-pass scored,)
-    locality_before = captured.logits[(first_sequence >= count) & (first_sequence < 2 * count)]
-    general_before = captured.logits[first_sequence >= 2 * count]  # (general scored, vocab)
+    locality_before = captured.logits[(first_sequence >= edits) & (first_sequence < edits + count)]
+    general_before = captured.logits[first_sequence >= edits + count]  # (general scored, vocab)
 
-    # Each example (or group) is edited on its own, but the vocabulary projection (the costliest layer
-    # of a small model, and memory-bound at a few rows) runs once for all examples' scored positions.
+    # Each group is applied on its own, but the vocabulary projection (the costliest layer of a small
+    # model, and memory-bound at a few rows) runs once for all scored examples' positions.
     post_pass = _batched_post_pass if batched else _per_example_post_pass
-    hidden, role, owner, target = post_pass(
-        model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, edits_per_update
-    )
+    hidden, role, owner, target = post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite)
     logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
     rephrase, locality, general = role == REPHRASE, role == LOCALITY, role == GENERAL
@@ -109,6 +134,7 @@ def editing_objective(
         "locality_unchanged": _accuracy(
             predictions[locality], locality_before.argmax(dim=-1), owner[locality], count
         ),
+        "group_edits": edits / len(groups),
     }
     if general_texts:
         metrics["general_kl"] = float(general_kl.detach().sum() / len(general_texts))
@@ -130,42 +156,40 @@ def _example_sequences(
     return chosen
 
 
-def _post_sequences(examples: Sequence[TrainingExample], with_rewrite: bool):
-    """The sequences scored after the edits, with the example and the role of each."""
-    sequences, owners, roles = [], [], []
-    for index, example in enumerate(examples):
+def _post_sequences(scored: Sequence[tuple[int, TrainingExample]], with_rewrite: bool):
+    """The sequences scored after the edits, with the scored example, its group and the role of each."""
+    sequences, owners, groups, roles = [], [], [], []
+    for index, (group, example) in enumerate(scored):
         for sequence, sequence_role in _example_sequences(example, with_rewrite):
             sequences.append(sequence)
             owners.append(index)
+            groups.append(group)
             roles.append(sequence_role)
-    return sequences, owners, roles
+    return sequences, owners, groups, roles
 
 
-def _batched_post_pass(
-    model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, group_size
-):
-    sequences, owners, roles = _post_sequences(examples, with_rewrite)
-    device = row_group.device
+def _batched_post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite):
+    sequences, owners, groups, roles = _post_sequences(scored, with_rewrite)
+    device = next(model.parameters()).device
     batch = collate(sequences, pad_id).to(device)
-    sequence_example = torch.tensor(owners, device=device)
-    groups = -(-len(examples) // group_size)  # ceil: the last group may be smaller
-    updates = per_example_updates(network, transformed, row_group, groups, sequence_example // group_size)
+    sequence_group = torch.tensor(groups, device=device)
+    updates = {name: (left[sequence_group], right[sequence_group]) for name, (left, right) in factors.items()}
     with low_rank_edits(model, network.layers, updates):
         hidden = scored_hidden(model, batch, prefix=prefix_for(batch))  # (scored, hidden)
     position_sequence = batch.scored_example
     role = torch.tensor(roles, device=device)[position_sequence]
-    return hidden, role, sequence_example[position_sequence], batch.scored_targets
+    owner = torch.tensor(owners, device=device)[position_sequence]
+    return hidden, role, owner, batch.scored_targets
 
 
-def _per_example_post_pass(
-    model, network, transformed, row_group, examples, pad_id, prefix_for, with_rewrite, group_size
-):
-    device = row_group.device
+def _per_example_post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite):
+    device = next(model.parameters()).device
+    parameters = named_parameters(model, list(factors))
     hidden, roles, owners, targets = [], [], [], []
-    for index, example in enumerate(examples):
+    for index, (group, example) in enumerate(scored):
         sequences, sequence_roles = zip(*_example_sequences(example, with_rewrite), strict=True)
         batch = collate(list(sequences), pad_id).to(device)
-        weights_after = edited_weights(model, network, transformed, rows=row_group == index // group_size)
+        weights_after = group_weights(parameters, network.layers, factors, group)
         hidden.append(scored_hidden(model, batch, weights=weights_after, prefix=prefix_for(batch)))
         roles.append(torch.tensor(sequence_roles, device=device)[batch.scored_example])
         owners.append(torch.full_like(batch.scored_example, index))

@@ -18,6 +18,7 @@ from editing.data.records import EditRecord
 from editing.data.training_data import TrainingExample, encode_training_examples, with_general_texts
 from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
+from editing.mend.protected import ProtectedKeys
 from editing.training.checkpoint import load_trainer_state, save_editor
 from editing.training.trainer import EditorTrainer, MetricsCallback
 
@@ -53,13 +54,16 @@ def train_editor(
     editor_config: EditorConfig = EditorConfig(),
     resume: bool = False,
     general_texts: Sequence[str] = (),
+    protected: ProtectedKeys | None = None,
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TrainingRun:
     """Train (or resume) a MEND editor for ``loaded`` and save it to ``out_dir`` after each validation.
 
     ``general_texts`` (needed when ``train_config.general_text_loss_weight`` > 0) are paired with the
-    examples, training ones first and validation ones after them.
+    examples, training ones first and validation ones after them. ``protected`` (the base model's
+    protected keys, ``editing.mend.protected``) is needed for least-squares aggregation and is saved
+    beside the editor.
     """
     out_dir = Path(out_dir)
     scope = resolve_scope(loaded.model)
@@ -74,6 +78,7 @@ def train_editor(
         train_config,
         on_metrics=on_metrics,
         on_progress=on_progress,
+        protected=protected,
     )
     if resume and (out_dir / "trainer_state.json").is_file():
         load_trainer_state(out_dir, trainer)
@@ -83,7 +88,7 @@ def train_editor(
     def checkpoint(current: EditorTrainer) -> None:
         save_editor(
             out_dir,
-            MendEditor(current.network, scope),
+            MendEditor(current.network, scope, protected),
             base_fingerprint=loaded.fingerprint,
             model_type=loaded.model.config.model_type,
             metrics=_final_metrics(current),

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,17 +24,23 @@ from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, pad_token_id
 from editing.data.training_data import TrainingExample
 from editing.mend.editor_net import MendNetwork
-from editing.training.objective import LossWeights, editing_objective
+from editing.mend.protected import ProtectedKeys
+from editing.training.groups import GroupSampler, relation_groups
+from editing.training.objective import EditGroup, LossWeights, consecutive_groups, editing_objective
 
 LOGGER = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
+def success_score(metrics: dict[str, float], prefix: str = "") -> float:
+    """Mean of edit, rephrase and locality success (what the editor is for)."""
+    names = ("rewrite_acc", "rephrase_acc", "locality_unchanged")
+    return sum(metrics[prefix + name] for name in names) / len(names)
+
+
 def selection_value(metrics: dict[str, float], select_by: str) -> float:
-    """Higher is better: the success score (mean of edit, rephrase and locality success) or -loss."""
-    if select_by == "loss":
-        return -metrics["loss"]
-    return (metrics["rewrite_acc"] + metrics["rephrase_acc"] + metrics["locality_unchanged"]) / 3
+    """Higher is better: the validation ``score`` or -loss."""
+    return -metrics["loss"] if select_by == "loss" else metrics["score"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,9 +53,7 @@ def pick_device(name: str) -> torch.device:
 class TrainerState:
     """Everything besides tensors that an exact resume needs."""
 
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    position: int = 0  # next index into this epoch's permutation
+    step: int = 0  # optimizer steps taken (batches are a function of the seed and the step)
     best_val: float = -math.inf  # best validation value of ``TrainConfig.select_by`` (higher is better)
     best_step: int = 0
     validations_without_improvement: int = 0
@@ -72,6 +76,7 @@ class EditorTrainer:
         *,
         on_metrics: MetricsCallback | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        protected: ProtectedKeys | None = None,
     ):
         if not train_examples or not val_examples:
             raise ValueError("need at least one training and one validation example")
@@ -84,12 +89,13 @@ class EditorTrainer:
         )
         self.pad_id = pad_token_id(tokenizer)
         self.on_metrics, self.on_progress = on_metrics or (lambda *_: None), on_progress or (lambda *_: None)
-        step_sizes = [network.step_sizes]
-        editor_parameters = [p for name, p in network.named_parameters() if name != "step_sizes"]
+        scalars = {id(network.step_sizes)} | {id(p) for p in network.solver_parameters()}
+        editor_parameters = [p for p in network.parameters() if id(p) not in scalars]
         self.optimizer = torch.optim.Adam(
             [
                 {"params": editor_parameters, "lr": config.editor_lr},
-                {"params": step_sizes, "lr": config.step_size_lr},
+                {"params": [network.step_sizes], "lr": config.step_size_lr},
+                {"params": network.solver_parameters(), "lr": config.solver_lr},
             ],
             # The editor has ~16M parameters; the fused kernel makes Adam's update ~6x cheaper on CPU,
             # where the unfused one otherwise costs a fifth of a cached training step.
@@ -101,6 +107,11 @@ class EditorTrainer:
         self.weights = LossWeights(
             config.edit_loss_weight, config.locality_loss_weight, config.general_text_loss_weight
         )
+        self.protection = _protection(network, protected, self.device)
+        self.sampler = GroupSampler(
+            self.train_examples, sizes=config.group_sizes, same_relation=config.same_relation_fraction,
+            scored_per_step=config.batch_size, seed=config.seed,
+        )  # fmt: skip
 
     def _prefix_for(self, batch: TokenBatch):
         return self.cache.prefix(batch) if self.config.prefix_cache else None
@@ -110,27 +121,22 @@ class EditorTrainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _next_batch(self) -> list[TrainingExample]:
-        """Examples in a per-epoch permutation derived from the seed, so resuming needs no RNG state."""
-        batch = []
-        while len(batch) < self.config.batch_size:
-            order = torch.randperm(
-                len(self.train_examples),
-                generator=torch.Generator().manual_seed(self.config.seed + self.state.epoch),
-            )
-            batch.append(self.train_examples[int(order[self.state.position])])
-            self.state.position += 1
-            if self.state.position == len(self.train_examples):
-                self.state.epoch, self.state.position = self.state.epoch + 1, 0
-        return batch
+    def _next_groups(self) -> list[EditGroup]:
+        groups = self.sampler.groups(self.state.step)
+        if self.state.step % self.config.general_text_every == 0:
+            return groups
+        return [  # general text rides along on every n-th step only
+            EditGroup(tuple(replace(e, general=None) for e in group.examples), group.scored)
+            for group in groups
+        ]
 
-    def objective(self, examples: Sequence[TrainingExample], *, with_rewrite: bool = False):
+    def objective(self, groups: Sequence[EditGroup], *, with_rewrite: bool = False):
         with self._autocast():
             return editing_objective(
-                self.model, self.scope, self.network, examples, pad_id=self.pad_id,
+                self.model, self.scope, self.network, groups, pad_id=self.pad_id,
                 prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
                 batched=self.config.batched_edits, edit_loss_on_prompt=self.config.edit_loss_on_prompt,
-                edits_per_update=self.config.edits_per_update,
+                protection=self.protection,
             )  # fmt: skip
 
     def train_step(self) -> dict[str, float]:
@@ -139,7 +145,7 @@ class EditorTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for _ in range(self.config.grad_accumulation):
-            loss, metrics = self.objective(self._next_batch())
+            loss, metrics = self.objective(self._next_groups())
             (loss / self.config.grad_accumulation).backward()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value / self.config.grad_accumulation
@@ -152,21 +158,40 @@ class EditorTrainer:
         self.state.step += 1
         totals["grad_norm"] = grad_norm
         totals["step_size_mean"] = float(self.network.step_sizes.detach().mean())
+        for parameter, name in zip(self.network.solver_parameters(), ("ridge", "protect"), strict=False):
+            totals[f"{name}_mean"] = float(parameter.detach().exp().mean())
         return totals
 
-    def validate(self) -> dict[str, float]:
-        """Single edits on the held-out examples: edit, rephrase and locality success, their mean
-        (``score``), and the loss."""
+    def _validate_groups(self, groups: list[EditGroup]) -> dict[str, float]:
+        """Means over scored examples of the objective's metrics, groups evaluated a few at a time."""
         self.network.eval()
         totals: dict[str, float] = {}
-        for start in range(0, len(self.val_examples), self.config.batch_size):
-            chunk = self.val_examples[start : start + self.config.batch_size]
+        scored = 0
+        chunk: list[EditGroup] = []
+        for index, group in enumerate(groups):
+            chunk.append(group)
+            if sum(g.scored for g in chunk) < self.config.batch_size and index + 1 < len(groups):
+                continue
             with torch.no_grad():
                 _, metrics = self.objective(chunk, with_rewrite=True)
+            weight = sum(g.scored for g in chunk)
             for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + value * len(chunk)
-        metrics = {name: value / len(self.val_examples) for name, value in totals.items()}
-        metrics["score"] = selection_value(metrics, "score")
+                totals[name] = totals.get(name, 0.0) + value * weight
+            scored, chunk = scored + weight, []
+        return {name: value / scored for name, value in totals.items()}
+
+    def validate(self) -> dict[str, float]:
+        """Edit, rephrase and locality success and the loss on the held-out examples, edited one at a time
+        and (``val_group_size`` > 1, under ``group/``) in same-relation groups; ``score`` is the mean of
+        the two success scores (or the single-edit one alone)."""
+        metrics = self._validate_groups(consecutive_groups(self.val_examples, 1))
+        metrics["single_score"] = success_score(metrics)
+        metrics["score"] = metrics["single_score"]
+        if self.config.val_group_size > 1:
+            grouped = self._validate_groups(relation_groups(self.val_examples, self.config.val_group_size))
+            metrics.update({f"group/{name}": value for name, value in grouped.items()})
+            metrics["group_score"] = success_score(metrics, "group/")
+            metrics["score"] = (metrics["single_score"] + metrics["group_score"]) / 2
         return metrics
 
     def _after_validation(self, metrics: dict[str, float]) -> bool:
@@ -215,9 +240,23 @@ class EditorTrainer:
 
     def summary(self) -> dict[str, Any]:
         summary = asdict(self.state)
+        summary["steps_per_second"] = self.state.step / max(self.state.elapsed_seconds, 1e-9)
         summary["prefix_cache"] = {
             "entries": len(self.cache),
             "hits": self.cache.hits,
             "misses": self.cache.misses,
         }
         return summary
+
+
+def _protection(network: MendNetwork, protected: ProtectedKeys | None, device: torch.device):
+    """Per weight, (protected basis, mean eigenvalue) for least-squares training; None for the sum."""
+    if network.config.aggregation != "least_squares":
+        return None
+    if protected is None:
+        raise ValueError("training a least-squares editor needs the base model's protected keys")
+    return {
+        name: (basis.to(device), protected.mean_eigenvalue(name))
+        for name, basis in protected.bases().items()
+        if name in network.layers
+    }

@@ -18,6 +18,7 @@ from editing.data.records import EditRecord, PromptAnswer
 from editing.mend.editor import MendEditor, capture_edit_factors, transform_factors
 from editing.mend.editor_net import MendNetwork
 from editing.training.checkpoint import EditorMismatchError, load_editor, save_editor
+from tests.tiny import tiny_protected
 
 RECORDS = [
     EditRecord(
@@ -40,7 +41,9 @@ RECORDS = [
 def _editor(loaded, **config) -> MendEditor:
     scope = resolve_scope(loaded.model)
     torch.manual_seed(0)
-    return MendEditor(MendNetwork(scope.layers, EditorConfig(**config)), scope)
+    network = MendNetwork(scope.layers, EditorConfig(**config))
+    protected = tiny_protected(loaded) if network.config.aggregation == "least_squares" else None
+    return MendEditor(network, scope, protected)
 
 
 def _edit_loss(loaded, records) -> float:
@@ -110,8 +113,9 @@ def test_untrained_network_is_identity_and_zero_step_changes_nothing(tiny_model)
         assert all(torch.equal(p, before[n]) for n, p in tiny_model.model.named_parameters())
 
 
-def test_identity_editor_edit_lowers_the_edit_loss(tiny_model):
-    editor = _editor(tiny_model, init_step_size=1e-2)
+@pytest.mark.parametrize("aggregation", ["sum", "least_squares"])
+def test_identity_editor_edit_lowers_the_edit_loss(tiny_model, aggregation):
+    editor = _editor(tiny_model, init_step_size=1e-2, aggregation=aggregation)
     before = _edit_loss(tiny_model, RECORDS)
     result = editor.edit(tiny_model.model, tiny_model.tokenizer, RECORDS)
     with result.applied(tiny_model.model):
@@ -120,7 +124,7 @@ def test_identity_editor_edit_lowers_the_edit_loss(tiny_model):
 
 
 def test_batch_edit_sums_single_edit_pseudo_gradients(tiny_llama):
-    editor = _editor(tiny_llama, init_step_size=1e-2)
+    editor = _editor(tiny_llama, init_step_size=1e-2, aggregation="sum")
     together = editor.edit(tiny_llama.model, tiny_llama.tokenizer, RECORDS)
     separate = [editor.edit(tiny_llama.model, tiny_llama.tokenizer, [record]) for record in RECORDS]
     for name, delta in together.deltas.items():
@@ -146,8 +150,9 @@ def test_merge_then_undo_is_bit_exact_and_nan_edit_is_refused(tiny_model):
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
 
 
-def test_checkpoint_round_trip_and_mismatched_base_refused(tiny_llama, tiny_gpt2, tmp_path):
-    editor = _editor(tiny_llama, init_step_size=1e-2)
+@pytest.mark.parametrize("aggregation", ["sum", "least_squares"])
+def test_checkpoint_round_trip_and_mismatched_base_refused(tiny_llama, tiny_gpt2, tmp_path, aggregation):
+    editor = _editor(tiny_llama, init_step_size=1e-2, aggregation=aggregation)
     with torch.no_grad():  # make the network non-trivial so a broken load would show
         for parameter in editor.network.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -12,7 +14,9 @@ from editing.data.training_data import TrainingDataError, encode_training_exampl
 from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
 from editing.training.checkpoint import load_editor, load_trainer_state, save_editor
+from editing.training.objective import EditGroup, consecutive_groups
 from editing.training.trainer import EditorTrainer
+from tests.tiny import tiny_protected
 from tests.paths import DATA_DIR
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
@@ -23,20 +27,33 @@ def records():
     return read_records(COUNTERFACT_TRAIN, limit=120).records
 
 
-def _trainer(loaded, records, **overrides) -> EditorTrainer:
+def _trainer(loaded, records, *, aggregation: str = "least_squares", **overrides) -> EditorTrainer:
     examples = encode_training_examples(loaded.tokenizer, records)
     scope = resolve_scope(loaded.model)
     torch.manual_seed(0)
-    network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3))
-    settings = {"batch_size": 4, "editor_lr": 1e-3, "step_size_lr": 1e-3, "val_every": 10, "val_records": 16}
+    network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3, aggregation=aggregation))
+    settings = {"batch_size": 4, "editor_lr": 1e-3, "step_size_lr": 1e-3, "val_every": 10, "val_records": 16,
+                "val_group_size": 4}  # fmt: skip
     config = TrainConfig(**{**settings, **overrides})
-    return EditorTrainer(loaded.model, loaded.tokenizer, scope, network, examples[16:], examples[:16], config)
+    protected = tiny_protected(loaded) if aggregation == "least_squares" else None
+    return EditorTrainer(
+        loaded.model,
+        loaded.tokenizer,
+        scope,
+        network,
+        examples[16:],
+        examples[:16],
+        config,
+        protected=protected,
+    )
 
 
-def _editor_gradients(trainer: EditorTrainer, examples) -> tuple[float, dict[str, torch.Tensor]]:
+def _editor_gradients(
+    trainer: EditorTrainer, examples, group_size: int = 1
+) -> tuple[float, dict[str, torch.Tensor]]:
     trainer.network.zero_grad(set_to_none=True)
     trainer.network.eval()  # frozen normalisers: both runs see identical statistics
-    loss, _ = trainer.objective(examples)
+    loss, _ = trainer.objective(consecutive_groups(examples, group_size))
     loss.backward()
     return float(loss.detach()), {
         n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None
@@ -73,7 +90,8 @@ def test_resume_from_checkpoint_is_exact(tiny_gpt2, records, tmp_path):
     first = _trainer(tiny_gpt2, records, max_steps=6, val_every=6, early_stop_patience=0)
     first.fit()
     scope, fingerprint = first.scope, tiny_gpt2.fingerprint
-    save_editor(tmp_path / "ckpt", MendEditor(first.network, scope), base_fingerprint=fingerprint,
+    editor = MendEditor(first.network, scope, tiny_protected(tiny_gpt2))
+    save_editor(tmp_path / "ckpt", editor, base_fingerprint=fingerprint,
                 model_type="gpt2", trainer=first)  # fmt: skip
     resumed = _trainer(tiny_gpt2, records, max_steps=12, val_every=6, early_stop_patience=0)
     load_trainer_state(tmp_path / "ckpt", resumed)
@@ -85,37 +103,56 @@ def test_resume_from_checkpoint_is_exact(tiny_gpt2, records, tmp_path):
     assert load_editor(tmp_path / "ckpt", base_fingerprint=fingerprint).network.step_sizes.shape == (6,)
 
 
+def test_mixed_group_sizes_and_same_relation_groups_are_drawn_reproducibly(tiny_llama, records):
+    trainer = _trainer(tiny_llama, records, group_sizes=(1, 2, 8), same_relation_fraction=1.0)
+    steps = [trainer.sampler.groups(step) for step in range(30)]
+    assert steps == [trainer.sampler.groups(step) for step in range(30)]  # a function of the step alone
+    sizes = {len(group.examples) for groups in steps for group in groups}
+    assert sizes == {1, 2, 8}
+    for groups in steps:  # every step scores about batch_size examples, whatever the group size
+        assert sum(group.scored for group in groups) == 4
+    for group in (group for groups in steps for group in groups):
+        # One relation, topped up with other edits only when it has too few.
+        counts = Counter(example.relation for example in group.examples)
+        relation, count = counts.most_common(1)[0]
+        assert count == min(len(group.examples), len(trainer.sampler.by_relation[relation]))
+
+
 def test_training_record_without_locality_names_record_and_field(tiny_llama, records):
     broken = records[0].__class__(**{**records[0].__dict__, "locality": ()})
     with pytest.raises(TrainingDataError, match=f"record {broken.record_id}: field 'locality'"):
         encode_training_examples(tiny_llama.tokenizer, [broken])
 
 
-@pytest.mark.parametrize("edits_per_update", [1, 2, 3])
-def test_batched_low_rank_edits_match_functional_call_per_example(tiny_model, records, edits_per_update):
+@pytest.mark.parametrize("aggregation", ["sum", "least_squares"])
+@pytest.mark.parametrize("group_size", [1, 2, 3])
+def test_batched_low_rank_edits_match_functional_call_per_example(
+    tiny_model, records, group_size, aggregation
+):
     # 3 does not divide the 4 examples: the last group holds a single edit.
-    trainer = _trainer(tiny_model, records, edits_per_update=edits_per_update)
+    trainer = _trainer(tiny_model, records, aggregation=aggregation)
     examples = trainer.train_examples[:4]
-    batched_loss, batched = _editor_gradients(trainer, examples)
+    batched_loss, batched = _editor_gradients(trainer, examples, group_size)
     trainer.config = trainer.config.replace(batched_edits=False)
-    reference_loss, reference = _editor_gradients(trainer, examples)
+    reference_loss, reference = _editor_gradients(trainer, examples, group_size)
     assert batched_loss == pytest.approx(reference_loss, rel=1e-5)
     for name in reference:
         torch.testing.assert_close(batched[name], reference[name], rtol=1e-4, atol=1e-7)
 
 
-def test_composed_edits_score_each_example_under_the_sum_of_its_group(tiny_llama, records):
-    # Each example of a group sees the others' edits too, so the loss differs from single edits; a
-    # group of one is exactly the single-edit objective.
-    def loss(**overrides) -> float:
-        trainer = _trainer(tiny_llama, records, **overrides)
-        with torch.no_grad():
-            trainer.network.step_sizes.fill_(1.0)  # edits large enough to interact visibly
-        return _editor_gradients(trainer, trainer.train_examples[:4])[0]
-
-    single_loss = loss()
-    assert loss(edits_per_update=4) != pytest.approx(single_loss, rel=1e-3)
-    assert loss(edits_per_update=1) == single_loss
+@pytest.mark.parametrize("aggregation", ["sum", "least_squares"])
+def test_composed_edits_score_each_example_under_its_groups_update(tiny_llama, records, aggregation):
+    # Each example of a group sees the others' edits too, so the loss differs from single edits.
+    trainer = _trainer(tiny_llama, records, aggregation=aggregation)
+    with torch.no_grad():
+        trainer.network.step_sizes.fill_(1.0)  # edits large enough to interact visibly
+    examples = trainer.train_examples[:4]
+    single_loss = _editor_gradients(trainer, examples, 1)[0]
+    assert _editor_gradients(trainer, examples, 4)[0] != pytest.approx(single_loss, rel=1e-3)
+    # Scoring only part of a group changes which examples count, not the update they are scored under.
+    together = trainer.objective([EditGroup(tuple(examples), 4)])[1]
+    first_two = trainer.objective([EditGroup(tuple(examples), 2)])[1]
+    assert first_two["group_edits"] == together["group_edits"] == 4
 
 
 def test_time_budget_and_early_stopping_end_training(tiny_llama, records):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.flows.test_nightly_fix import PROMPTS, _flag
 
@@ -35,7 +36,8 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     assert first.candidate_version == "2"
     (editor,) = _editor_versions(settings)
     training = mlflow.MlflowClient(tracking_uri=settings.tracking_uri).get_run(editor.run_id)
-    assert training.data.params["edits_per_update"] == str(settings.editor_edits_per_update)
+    assert training.data.params["group_sizes"] == str(list(settings.group_sizes()))
+    assert training.data.params["editor_aggregation"] == settings.editor_aggregation == "least_squares"
     assert float(training.data.params["general_text_loss_weight"]) == settings.editor_general_text_weight > 0
     assert float(training.data.params["locality_loss_weight"]) == settings.editor_locality_weight
     assert float(training.data.params["locality_loss_weight"]) == settings.editor_locality_weight
@@ -44,6 +46,66 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     second = nightly_fix(overrides=settings.to_json())
     assert second.editor_uri == first.editor_uri and second.candidate_version == "3"
     assert len(_editor_versions(settings)) == 1  # found by the base model's fingerprint, not retrained
+
+
+THIRD = ("The mother tongue of Danielle Darrieux is", "English", (), "Danielle Darrieux")
+
+
+def _ledger_weights(settings, version: str, records) -> tuple[dict, dict]:
+    """(the candidate's edited weights, base + one edit of ``records`` computed directly)."""
+    from editing.core.models import load_model
+    from editing.editors import build_editor
+    from tasks.editor import editor_checkpoint
+    from tasks.models import load_version
+
+    candidate = load_version(settings, version)
+    base = load_model(settings.base_model)
+    editor = build_editor("mend", base, editor_path=editor_checkpoint(settings, "models:/mend-editor/1"))
+    expected = editor.edit(base.model, base.tokenizer, records)
+    parameters = dict(base.model.named_parameters())
+    direct = {name: parameters[name] + delta for name, delta in expected.deltas.items()}
+    actual = dict(candidate.loaded.model.named_parameters())
+    return {name: actual[name] for name in direct}, direct
+
+
+def test_candidates_are_the_base_plus_one_solve_of_the_whole_ledger_and_follow_a_rollback(make_settings):
+    from editing.data.records import EditRecord
+    from flows.nightly_fix import nightly_fix
+    from flows.promote import promote_flow, rollback_flow
+    from tasks.edit_ledger import manifest_key
+    from tasks.models import load_version
+    from tasks.storage import open_store
+
+    settings = make_settings(editor="mend", thresholds=ANY_RESULT)
+    overrides = settings.to_json()
+    flags = [_flag(settings, *PROMPTS[0])]
+    first = nightly_fix(overrides=overrides)
+    promote_flow(version=first.candidate_version, approver="alice", approve=True, overrides=overrides)
+    flags.append(_flag(settings, *PROMPTS[1]))
+    second = nightly_fix(overrides=overrides)
+    assert second.summary["retained_edits"] == 1  # night one's edit is checked for retention
+    records = [EditRecord(f.flag_id, f.prompt, f.correction) for f in flags]
+    metadata = load_version(settings, second.candidate_version).metadata
+    assert metadata.ledger_flag_ids == (flags[0].flag_id, flags[1].flag_id)
+    actual, direct = _ledger_weights(settings, second.candidate_version, records)
+    for name, weight in direct.items():
+        torch.testing.assert_close(actual[name], weight, rtol=1e-4, atol=1e-6)
+    # Night one's rows were reused from its run, not recomputed.
+    store = open_store(settings.store_uri)
+    manifest = store.read_json(manifest_key(metadata.result_fingerprint))
+    assert manifest["flags"][flags[0].flag_id] == f"edit-rows/{first.run_id}.safetensors"
+
+    promote_flow(version=second.candidate_version, approver="alice", approve=True, overrides=overrides)
+    assert rollback_flow(overrides=overrides) == first.candidate_version
+    flags.append(_flag(settings, *THIRD))
+    third = nightly_fix(overrides=overrides)
+    assert third.champion_version == first.candidate_version and third.summary["retained_edits"] == 1
+    metadata = load_version(settings, third.candidate_version).metadata
+    assert metadata.ledger_flag_ids == (flags[0].flag_id, flags[2].flag_id)  # the rolled-back edit is gone
+    actual, direct = _ledger_weights(settings, third.candidate_version, [records[0], EditRecord(
+        flags[2].flag_id, flags[2].prompt, flags[2].correction)])  # fmt: skip
+    for name, weight in direct.items():
+        torch.testing.assert_close(actual[name], weight, rtol=1e-4, atol=1e-6)
 
 
 def test_general_texts_for_training_leave_out_the_gates_reference_texts(make_settings):

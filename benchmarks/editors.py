@@ -1,0 +1,111 @@
+"""The editors the benchmarks compare, each trained once per recipe and reused from ``benchmarks/work/``.
+
+A recipe is everything that makes two trained editors differ: aggregation, the group sizes and
+same-relation share of training, loss weights, the time budget. Each trained editor is kept under
+``benchmarks/work/<recipe name>/``; a later run reuses it (and refuses one trained for another model).
+Protected keys are measured once per base model (``benchmarks/work/protected/``) from sources that no
+benchmark scores, minus the editors' own training edits (``editing.data.protected_sources``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from editing.config import EditorConfig, TrainConfig
+from editing.core.models import LoadedModel
+from editing.core.targets import resolve_scope
+from editing.data.protected_sources import protected_sources
+from editing.data.records import read_records
+from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
+from editing.training.checkpoint import load_editor
+from editing.training.run import split_records, train_editor
+
+LOGGER = logging.getLogger(__name__)
+TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"
+VAL_FILE = "counterfact_easyedit_splits/counterfact-val.json"
+ZSRE_FILE = "zsre_mend_portability/zsre_mend_eval_portability_gpt4.json"
+GROUP_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one benchmark editor is trained."""
+
+    name: str
+    aggregation: str = "least_squares"
+    group_sizes: tuple[int, ...] = GROUP_SIZES
+    same_relation: float = 0.5
+    locality_weight: float = 1.0
+    general_text_weight: float = 0.0
+    train_records: int = 10_000
+    val_records: int = 200
+
+    def configs(self, minutes: float, device: str) -> tuple[TrainConfig, EditorConfig]:
+        train = TrainConfig(
+            max_minutes=minutes, max_steps=1_000_000, val_every=500, val_records=self.val_records,
+            group_sizes=self.group_sizes, same_relation_fraction=self.same_relation,
+            locality_loss_weight=self.locality_weight, general_text_loss_weight=self.general_text_weight,
+            early_stop_patience=0, device=device,
+        )  # fmt: skip
+        return train, EditorConfig(aggregation=self.aggregation)
+
+
+RECIPES = {
+    "mend-ls": Recipe("mend-ls"),
+    "mend-sum": Recipe("mend-sum", aggregation="sum"),
+    # The earlier benchmark's editor: single edits, the paper's aggregation.
+    "mend-single": Recipe("mend-single", aggregation="sum", group_sizes=(1,), same_relation=0.0),
+}
+
+
+def protected_for(loaded: LoadedModel, data_dir: Path, work: Path, *, texts: int = 300, facts: int = 1000):
+    """The base model's protected keys, measured once into ``work/protected``."""
+    directory = work / "protected"
+    if (directory / PROTECTED_FILE).is_file():
+        return ProtectedKeys.load(directory, base_fingerprint=loaded.fingerprint)
+    training = read_records(data_dir / TRAIN_FILE).records
+    exclude = [prompt for record in training for prompt in (record.prompt, *record.rephrase_prompts)]
+    sources = protected_sources(data_dir, texts=texts, facts=facts, exclude=exclude)
+    started = time.perf_counter()
+    protected = collect_protected_keys(
+        loaded.model, loaded.tokenizer, resolve_scope(loaded.model), loaded.fingerprint,
+        texts=sources.texts, facts=sources.facts,
+    )  # fmt: skip
+    protected.info.update({"excluded_as_scored": sources.excluded, "seconds": time.perf_counter() - started})
+    protected.save(directory)
+    return protected
+
+
+def train_or_reuse(
+    loaded: LoadedModel, data_dir: Path, work: Path, recipe: Recipe, minutes: float, device: str
+) -> dict[str, Any]:
+    """Train ``recipe`` for at most ``minutes`` unless ``work/<name>`` already holds it; its summary."""
+    directory = work / recipe.name
+    if (directory / "editor.json").is_file():
+        load_editor(directory, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
+        LOGGER.info("reusing the editor in %s", directory)
+        return {"reused": str(directory), "recipe": asdict(recipe)}
+    records = read_records(data_dir / TRAIN_FILE, limit=recipe.train_records).records
+    train, held_out = split_records(records, recipe.val_records, seed=0)
+    train_config, editor_config = recipe.configs(minutes, device)
+    protected = protected_for(loaded, data_dir, work) if recipe.aggregation == "least_squares" else None
+    started = time.perf_counter()
+    run = train_editor(
+        loaded, train, held_out, directory, train_config=train_config, editor_config=editor_config,
+        protected=protected, on_metrics=_log_validation,
+    )  # fmt: skip
+    summary = {key: run.summary[key] for key in ("step", "best_step", "stop_reason", "elapsed_seconds")}
+    best = next(v for v in run.summary["validations"] if v["step"] == run.summary["best_step"])
+    return {**summary, "steps_per_second": run.summary["steps_per_second"], "best_validation": best,
+            "wall_seconds": time.perf_counter() - started, "train_records": len(train), "recipe": asdict(recipe)}  # fmt: skip
+
+
+def _log_validation(step: int, metrics: dict[str, float]) -> None:
+    if "val/score" in metrics:
+        shown = {k.removeprefix("val/"): round(v, 3) for k, v in metrics.items() if "acc" in k or "score" in k
+                 or "unchanged" in k}  # fmt: skip
+        LOGGER.info("step %d validation: %s", step, shown)
