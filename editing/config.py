@@ -203,7 +203,9 @@ class TrainConfig(_Serializable):
     select_by: Literal["score", "loss"] = "score"
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
-    bf16_autocast: bool = True  # only used on CUDA
+    # Matrix products in bfloat16 (weights and the solve stay float32/float64): on CUDA, and on CPUs with
+    # native bf16 units, where it roughly doubles training throughput (editing.training.trainer).
+    bf16_autocast: bool = True
     prefix_cache: bool = True
     # All edits of a batch in one forward pass as low-rank updates (editing.mend.lowrank); False applies
     # each edit with functional_call on W + delta instead (the reference: same result, slower).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,13 @@ def train_with_progress(data, out, model, max_minutes, max_steps, val_records, l
     records = [record for path in data for record in read_records(path, limit=limit).records]
     train_records, held_out = split_records(records, val_records, train_config.seed)
     loaded = load_model(model)
+    protected = None
+    if editor_config.aggregation == "least_squares":
+        from tasks.protected import cached_protected_keys
+
+        data_dir = os.environ.get("MEND_DATA_DIR", str(Path.cwd().parent / "shared" / "data"))
+        exclude = [prompt for record in records for prompt in (record.prompt, *record.rephrase_prompts)]
+        protected = cached_protected_keys(loaded, data_dir, 300, 1000, exclude)
     columns = (
         TextColumn("training editor"),
         BarColumn(),
@@ -85,7 +93,8 @@ def train_with_progress(data, out, model, max_minutes, max_steps, val_records, l
         task = progress.add_task("train", total=max_steps)
         run = train_editor(
             loaded, train_records, held_out, out, train_config=train_config, editor_config=editor_config,
-            resume=resume, on_progress=lambda step, _total: progress.update(task, completed=step),
+            resume=resume, protected=protected,
+            on_progress=lambda step, _total: progress.update(task, completed=step),
         )  # fmt: skip
     return {"checkpoint": str(run.checkpoint_dir), **run.summary}
 
@@ -133,6 +142,8 @@ def print_fix_summary(outcome) -> None:
     evaluation = outcome.evaluation or {}
     console.print(f"edits applied: {evaluation.get('edits', summary.edits_applied if summary else '?')} "
                   f"(editor {settings.editor}{', ' + summary.editor_uri if summary and summary.editor_uri else ''})")  # fmt: skip
+    if summary and summary.editor_uri:
+        _print_editor(settings, summary.editor_uri)
     table = Table(title=f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}")
     for column in ("expectation", "result", "observed", "threshold"):
         table.add_column(column)
@@ -153,6 +164,31 @@ def print_fix_summary(outcome) -> None:
     run = summary.mlflow_run_id if summary else "(see the fix-run in experiment mend-fix)"
     console.print(f"MLflow: tracking {uri}, run {run}")
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}")
+
+
+def _print_editor(settings, editor_uri: str) -> None:
+    """The editor's training at a glance: steps, throughput and its best validation."""
+    from tasks.editor import EDITOR_URI_PREFIX
+    from tasks.editor_registry import EDITOR_MODEL_NAME
+    from tasks.registry import registry_client
+
+    version = registry_client(settings.tracking_uri).get_model_version(
+        EDITOR_MODEL_NAME, editor_uri.removeprefix(EDITOR_URI_PREFIX)
+    )
+    metric = {k.removeprefix("metric."): v for k, v in version.tags.items() if k.startswith("metric.")}
+    if "steps" not in metric:
+        return
+    single = " / ".join(
+        _format(float(metric.get(f"best_{m}", "nan")))
+        for m in ("rewrite_acc", "rephrase_acc", "locality_unchanged")
+    )
+    group = " / ".join(
+        _format(float(metric.get(f"best_group/{m}", "nan")))
+        for m in ("rewrite_acc", "rephrase_acc", "locality_unchanged")
+    )
+    console.print(f"editor: {int(float(metric['steps']))} training steps in {float(metric['train_seconds']) / 60:.1f} min "
+                  f"({float(metric['steps_per_second']):.2f} steps/s); validation rewrite / rephrase / locality: "
+                  f"single edits {single}, same-relation groups {group}")  # fmt: skip
 
 
 def _counts(counts: dict) -> str:

@@ -29,6 +29,25 @@ def _prefect_home() -> None:
     home.mkdir(parents=True, exist_ok=True)
 
 
+def _require_promoted_champion(settings) -> None:
+    """Night two builds on night one: its candidate must have been approved and promoted first."""
+    from tasks.registry import CANDIDATE, alias_version, champion_version, registry_client
+
+    client = registry_client(settings.tracking_uri)
+    champion = champion_version(settings.registered_model, tracking_uri=settings.tracking_uri)
+    if champion in (None, "1"):
+        waiting = alias_version(client, settings.registered_model, CANDIDATE)
+        hint = (
+            f"mend promote --version {waiting} --approve --approver $USER"
+            if waiting
+            else "make run (night one) until its gate passes"
+        )
+        typer.echo(
+            f"night 2 builds on night 1's promoted candidate, and the champion is still the base model; first: {hint}"
+        )
+        raise typer.Exit(2)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("flag")
     def flag(
@@ -69,15 +88,23 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_GATE_FAILED)
 
     @app.command("demo")
-    def demo() -> None:
+    def demo(
+        night: Annotated[
+            int, typer.Option(help="1: the main job; 2: other questions, after promoting night 1")
+        ] = 1,
+    ) -> None:
         """The main job: seed flags from the model's wrong answers, train an editor if none, run the fix."""
         from flows.cli_output import print_fix_summary, print_seed
-        from flows.demo import seed_demo_flow
+        from flows.demo import NIGHTS, seed_demo_flow
         from flows.runs import run_fix
 
+        if night not in NIGHTS:
+            raise typer.BadParameter(f"--night must be one of {sorted(NIGHTS)}")
         _prefect_home()
         settings = _settings()
-        print_seed(seed_demo_flow())
+        if night > 1:
+            _require_promoted_champion(settings)
+        print_seed(seed_demo_flow(night=night))
         print_fix_summary(run_fix(settings))
 
     @app.command("promote")

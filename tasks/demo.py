@@ -1,8 +1,9 @@
 """Seed the demo's flag log: ask the model questions with known answers and flag every wrong answer.
 
 Right answers become reference prompts for the locality pool: facts the model already knows are
-exactly what an edit must not break. Seeding happens once per store, so a second demo run finds no
-new flags.
+exactly what an edit must not break. Each facts file (one per demo night) is seeded once per store, so
+a second run of the same night finds no new flags; a later night adds its reference prompts to the
+earlier ones.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from tasks.models import load_version
 from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
-SEEDED_KEY = "demo/seeded.json"
+SEEDED_KEY = "demo/seeded.json"  # night one's marker (the first demo had only one night)
+
+
+def seeded_key(facts_path: Path) -> str:
+    return SEEDED_KEY if facts_path.name == "demo_facts.jsonl" else f"demo/seeded-{facts_path.stem}.json"
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,9 @@ def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -
     from editing.core.generate import answer_matches, greedy_complete
 
     store = settings.open_store()
-    if store.exists(SEEDED_KEY):
-        seeded = store.read_json(SEEDED_KEY)
+    marker = seeded_key(facts_path)
+    if store.exists(marker):
+        seeded = store.read_json(marker)
         return SeedResult(seeded["asked"], seeded["wrong"], True, [])
     facts = read_facts(facts_path)
     champion = load_version(settings, champion_version).loaded
@@ -74,10 +80,12 @@ def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -
     ]
     if flags:
         append_flags(store, flags)
-    store.write_text(
-        REFERENCE_PROMPTS_KEY, "".join(json.dumps({"prompt": f["prompt"]}) + "\n" for f in right)
+    earlier = (
+        store.read_text(REFERENCE_PROMPTS_KEY).splitlines() if store.exists(REFERENCE_PROMPTS_KEY) else []
     )
-    store.write_json(SEEDED_KEY, {"asked": len(facts), "wrong": len(wrong), "facts": str(facts_path)})
+    lines = dict.fromkeys([*earlier, *(json.dumps({"prompt": f["prompt"]}) for f in right)])
+    store.write_text(REFERENCE_PROMPTS_KEY, "".join(line + "\n" for line in lines if line.strip()))
+    store.write_json(marker, {"asked": len(facts), "wrong": len(wrong), "facts": str(facts_path)})
     LOGGER.info("demo: asked %d questions, flagged %d wrong answers", len(facts), len(wrong))
     examples = [{"prompt": f["prompt"], "answer": a, "correction": f["answer"]} for f, a in wrong[:5]]
     return SeedResult(len(facts), len(wrong), False, examples)

@@ -79,7 +79,9 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     protected = None
     if editor_config.aggregation == "least_squares":
         exclude = [p for r in records for p in (r.prompt, *r.rephrase_prompts)]
-        protected = protected_keys_for(settings, loaded, exclude + store_scored_prompts(settings.open_store()))
+        protected = protected_keys_for(
+            settings, loaded, exclude + store_scored_prompts(settings.open_store())
+        )
     out = scratch_dir("editor") / "editor"
     started = time.perf_counter()
     with fix_run(
@@ -96,6 +98,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
         best = next((v for v in run.summary["validations"] if v["step"] == run.summary["best_step"]), None)
         metrics = {f"best_{name}": value for name, value in (best or {}).items()}
         metrics["train_seconds"] = time.perf_counter() - started
+        metrics.update(steps=run.summary["step"], steps_per_second=run.summary["steps_per_second"])
         # Only the editor itself is registered; optimizer state stays behind with the training run.
         exported = export_editor(out, out.parent / "export")
         version = register_editor(

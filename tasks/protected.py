@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from editing.core.models import LoadedModel, cache_dir
 from editing.core.targets import resolve_scope
@@ -43,10 +44,22 @@ def protected_keys_for(
     exclude: Sequence[str],
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ProtectedKeys:
-    """The base model's protected keys, from the cache or measured now (about a minute on two cores)."""
-    sources = protected_sources(
-        settings.data_dir, texts=settings.protected_texts, facts=settings.protected_facts, exclude=exclude
+    """The pipeline's protected keys for ``loaded``, with the settings' data and sizes."""
+    return cached_protected_keys(
+        loaded, settings.data_dir, settings.protected_texts, settings.protected_facts, exclude, on_progress
     )
+
+
+def cached_protected_keys(
+    loaded: LoadedModel,
+    data_dir: str | Path,
+    texts: int,
+    facts: int,
+    exclude: Sequence[str],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ProtectedKeys:
+    """The base model's protected keys, from the cache or measured now (about a minute on two cores)."""
+    sources = protected_sources(data_dir, texts=texts, facts=facts, exclude=exclude)
     digest = hashlib.sha256(
         json.dumps([sources.texts, [(f.prompt, f.answer) for f in sources.facts]]).encode()
     ).hexdigest()[:16]

@@ -88,27 +88,43 @@ class Factors:
 
 
 class FactorCapture:
-    """Filled by ``capture_factors`` during one forward and one backward pass."""
+    """Filled by ``capture_factors`` during one forward pass, then ``backward(loss)``."""
 
     def __init__(self, layers: Sequence[LayerInfo]):
         self.layers = {layer.weight_name: layer for layer in layers}
         self._inputs: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, torch.Tensor] = {}
         self._output_grads: dict[str, torch.Tensor] = {}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``delta`` of every captured layer: the gradient of ``loss`` with respect to its output.
+
+        Asking autograd for the layer outputs themselves (not the weights) computes no weight gradient
+        at all: the weights stay frozen, and the outer products ``delta^T u`` are the editor's business.
+        """
+        missing = [name for name in self.layers if name not in self._outputs]
+        if missing:
+            raise RuntimeError(f"no gradient reached {missing}: the forward pass must require grad")
+        names = list(self._outputs)
+        grads = torch.autograd.grad(loss, [self._outputs[name] for name in names], allow_unused=True)
+        for name, grad in zip(names, grads, strict=True):
+            output = self._outputs[name]
+            self._output_grads[name] = torch.zeros_like(output) if grad is None else grad.detach()
 
     def factors(self) -> dict[str, Factors]:
         missing = [name for name in self.layers if name not in self._output_grads]
         if missing:
-            raise RuntimeError(f"no gradient reached {missing}: run backward inside the capture block")
+            raise RuntimeError(f"no gradient reached {missing}: call backward(loss) inside the capture block")
         return {name: Factors(self._inputs[name], self._output_grads[name]) for name in self.layers}
 
 
 @contextmanager
 def capture_factors(model: nn.Module, weight_names: Sequence[str]) -> Iterator[FactorCapture]:
-    """Record each layer's input and output gradient; hooks are always removed on exit.
+    """Record each layer's input and output during a forward pass; hooks are always removed on exit.
 
-    The forward pass must produce outputs that require grad (e.g. run it with the edited weights passed
-    to ``functional_call`` as leaf tensors with ``requires_grad=True``). A layer that runs twice keeps
-    its last call.
+    The forward pass must produce outputs that require grad (e.g. feed the lowest edited block a hidden
+    state with ``requires_grad=True``); ``capture.backward(loss)`` then fills the output gradients. A
+    layer that runs twice keeps its last call.
     """
     layers = [describe_layer(model, name) for name in weight_names]
     capture = FactorCapture(layers)
@@ -118,11 +134,7 @@ def capture_factors(model: nn.Module, weight_names: Sequence[str]) -> Iterator[F
         def hook(_module, inputs, output):
             capture._inputs[weight_name] = inputs[0].detach()
             if output.requires_grad:
-
-                def store_grad(grad: torch.Tensor) -> None:
-                    capture._output_grads[weight_name] = grad.detach()
-
-                output.register_hook(store_grad)
+                capture._outputs[weight_name] = output
 
         return hook
 

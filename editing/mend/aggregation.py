@@ -137,16 +137,21 @@ def solved_keys(
     ``L`` row. Differentiable in ``ridge`` and ``protect`` (0-d tensors). The group's update is ``V^T L``,
     the least-squares solution above, without forming any (d_in, d_in) matrix per group.
     """
-    if basis is None:
-        scaled = keys / ridge  # (groups, rows, d_in) = U B^{-1}
-    else:
-        rotated = keys @ basis.eigenvectors  # (groups, rows, d_in) = U Q
-        inverse = 1.0 / (ridge + protect * basis.eigenvalues)  # (d_in,) diagonal of B^{-1} in the eigenbasis
-        scaled = (rotated * inverse) @ basis.eigenvectors.transpose(0, 1)  # (groups, rows, d_in) = U B^{-1}
-    # The rows x rows system can be badly scaled (|u|^2 / ridge is large): solve it in float64.
-    gram = scaled.double() @ keys.double().transpose(1, 2)  # (groups, rows, rows) = U B^{-1} U^T
-    system = gram + torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    return torch.linalg.solve(system, scaled.double()).to(keys.dtype)  # (groups, rows, d_in)
+    dtype, keys = keys.dtype, keys.to(torch.promote_types(keys.dtype, torch.float32))
+    # Not in bf16 even under autocast: the rotation feeds a solve whose system can be badly scaled.
+    with torch.autocast(keys.device.type, enabled=False):
+        if basis is None:
+            scaled = keys / ridge  # (groups, rows, d_in) = U B^{-1}
+        else:
+            rotated = keys @ basis.eigenvectors  # (groups, rows, d_in) = U Q
+            inverse = 1.0 / (ridge + protect * basis.eigenvalues)  # (d_in,) B^{-1} in the eigenbasis
+            scaled = (rotated * inverse) @ basis.eigenvectors.transpose(
+                0, 1
+            )  # (groups, rows, d_in) = U B^{-1}
+        # The rows x rows system can be badly scaled (|u|^2 / ridge is large): solve it in float64.
+        gram = scaled.double() @ keys.double().transpose(1, 2)  # (groups, rows, rows) = U B^{-1} U^T
+        system = gram + torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        return torch.linalg.solve(system, scaled.double()).to(dtype)  # (groups, rows, d_in)
 
 
 @dataclass(frozen=True)

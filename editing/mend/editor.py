@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editing.core.apply import EditResult, named_parameters
+from editing.core.apply import EditResult
 from editing.core.forward import compute_prefix, scored_logits
 from editing.core.hooks import Factors, capture_factors
 from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
-from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
+from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update
 from editing.mend.editor_net import MendNetwork
 from editing.mend.protected import ProtectedKeys
 from editing.mend.rows import EditRows, concat_rows
@@ -40,7 +40,6 @@ class CapturedEdit:
     factors: dict[str, Factors]
     token_mask: torch.Tensor  # (batch, seq) bool: tokens whose logits carry loss
     loss: torch.Tensor  # scalar: summed per-example mean NLL of the targets before the edit
-    gradients: dict[str, torch.Tensor]  # exact weight gradients, for diagnostics
     logits: torch.Tensor  # (scored, vocab) detached pre-edit logits of every example in the batch
 
     @property
@@ -70,26 +69,24 @@ def capture_edit_factors(
     Each example's loss is its mean target-token NLL and the batch loss is their *sum*, so an example's
     factors are exactly those of its own loss: a batch captures independent edits in one pass. Only the
     first ``edit_examples`` examples (default: all) are edits; later ones just ride along to get their
-    pre-edit logits from the same pass.
+    pre-edit logits from the same pass. The pass starts at the lowest edited block from ``prefix`` (the
+    hidden state entering it, computed here when not given), which is the only thing that requires grad.
     """
     edit_examples = len(batch) if edit_examples is None else edit_examples
-    parameters = named_parameters(model, scope.weight_names)
-    leaves = {name: parameter.detach().requires_grad_(True) for name, parameter in parameters.items()}
+    if prefix is None:
+        hidden = compute_prefix(model, scope.blocks_path, scope.first_block, batch)
+        prefix = (scope.blocks_path, scope.first_block, hidden)
+    blocks_path, first_block, hidden = prefix
+    start = (blocks_path, first_block, hidden.detach().requires_grad_(True))
     with capture_factors(model, scope.weight_names) as capture, torch.enable_grad():
-        logits = scored_logits(model, batch, weights=leaves, prefix=prefix)  # (scored, vocab)
+        logits = scored_logits(model, batch, prefix=start)  # (scored, vocab)
         is_edit = batch.scored_example < edit_examples  # (scored,)
         nll = token_nll(logits[is_edit], batch.scored_targets[is_edit])  # (edit scored,)
         loss = per_example_mean(nll, batch.scored_example[is_edit], edit_examples).sum()
-        gradients = torch.autograd.grad(loss, list(leaves.values()))
+        capture.backward(loss)
     token_mask = loss_token_mask(batch)
     token_mask[edit_examples:] = False
-    return CapturedEdit(
-        capture.factors(),
-        token_mask,
-        loss.detach(),
-        dict(zip(leaves, gradients, strict=True)),
-        logits.detach(),
-    )
+    return CapturedEdit(capture.factors(), token_mask, loss.detach(), logits.detach())
 
 
 def transform_factors(

@@ -81,7 +81,14 @@ class EditorTrainer:
         if not train_examples or not val_examples:
             raise ValueError("need at least one training and one validation example")
         self.device = pick_device(config.device)
-        self.model, self.scope, self.config = model.to(self.device), scope, config
+        self.bf16 = config.bf16_autocast and (self.device.type == "cuda" or cpu_has_fast_bf16())
+        model = model.to(self.device)
+        if self.bf16 and self.device.type == "cpu":
+            # Autocast casts frozen weights again for every product on a CPU (its cast cache keeps only
+            # trainable ones): a bfloat16 copy of the frozen model casts them once. The caller's model
+            # is left as it is; the editor trained here edits it in float32.
+            model = copy.deepcopy(model).to(torch.bfloat16)
+        self.model, self.scope, self.config = model, scope, config
         self.network = network.to(self.device)
         self.train_examples, self.val_examples = (
             list(train_examples),
@@ -101,7 +108,7 @@ class EditorTrainer:
             # where the unfused one otherwise costs a fifth of a cached training step.
             fused=self.device.type in ("cpu", "cuda"),
         )
-        self.cache = PrefixCache(model, scope.blocks_path, scope.first_block, self.pad_id)
+        self.cache = PrefixCache(self.model, scope.blocks_path, scope.first_block, self.pad_id)
         self.state = TrainerState()
         self.best_network: dict[str, torch.Tensor] | None = None
         self.weights = LossWeights(
@@ -117,8 +124,8 @@ class EditorTrainer:
         return self.cache.prefix(batch) if self.config.prefix_cache else None
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.config.bf16_autocast:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _next_groups(self) -> list[EditGroup]:
@@ -247,6 +254,18 @@ class EditorTrainer:
             "misses": self.cache.misses,
         }
         return summary
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX): there, bf16 products
+    run 2-3x faster than float32 ones (measured on the project's 2-core AMD EPYC); elsewhere they are
+    emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _protection(network: MendNetwork, protected: ProtectedKeys | None, device: torch.device):

@@ -10,14 +10,32 @@ import pytest
 from editing.core.generate import answer_matches, normalise_words
 from editing.data.equivalence import split_prompt
 
-FACTS = Path(__file__).resolve().parents[2] / "flows" / "demo_facts.jsonl"
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
+NIGHTS = {"demo_facts.jsonl": "fact-", "demo_facts_night2.jsonl": "night2-"}  # file -> id prefix
 FIELDS = ("id", "prompt", "answer", "subject", "paraphrase")
 
 
-@pytest.fixture(scope="module")
-def facts() -> list[dict]:
-    lines = [line for line in FACTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read(name: str) -> list[dict]:
+    lines = [line for line in (FLOWS / name).read_text(encoding="utf-8").splitlines() if line.strip()]
     return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module", params=sorted(NIGHTS))
+def facts(request) -> list[dict]:
+    return _read(request.param)
+
+
+def test_night_two_asks_other_questions_about_other_relations():
+    first, second = _read("demo_facts.jsonl"), _read("demo_facts_night2.jsonl")
+    assert not {f["prompt"] for f in first} & {f["prompt"] for f in second}
+    night_one_relations = (
+        "capital of",
+        "was written by",
+        "chemical symbol",
+        "currency of",
+        "official language",
+    )
+    assert not [f["prompt"] for f in second if any(r in f["prompt"] for r in night_one_relations)]
 
 
 def test_every_fact_has_exactly_the_fields_as_non_empty_strings(facts):
@@ -28,9 +46,10 @@ def test_every_fact_has_exactly_the_fields_as_non_empty_strings(facts):
 
 def test_ids_are_unique_and_numbered(facts):
     ids = [fact["id"] for fact in facts]
-    assert len(ids) >= 40
+    assert len(ids) >= 30
     assert len(set(ids)) == len(ids)
-    assert all(fact_id.startswith("fact-") and fact_id[5:].isdigit() for fact_id in ids)
+    (prefix,) = {next(p for p in NIGHTS.values() if fact_id.startswith(p)) for fact_id in ids}
+    assert all(fact_id.removeprefix(prefix).isdigit() for fact_id in ids)
 
 
 def test_prompts_are_distinct_questions_with_short_answers(facts):

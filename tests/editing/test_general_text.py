@@ -10,11 +10,11 @@ from editing.core.targets import resolve_scope
 from editing.data.records import read_records, read_texts
 from editing.data.training_data import TrainingDataError, encode_training_examples, with_general_texts
 from editing.mend.editor_net import MendNetwork
-from editing.training.run import train_editor
 from editing.training.objective import consecutive_groups
+from editing.training.run import train_editor
 from editing.training.trainer import EditorTrainer
-from tests.tiny import tiny_protected
 from tests.paths import DATA_DIR
+from tests.tiny import tiny_protected
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
 GENERAL_TEXTS = DATA_DIR / "me_ppl/ME-PPL.json"
@@ -36,7 +36,7 @@ def _trainer(loaded, examples, *, aggregation: str = "sum", **overrides) -> Edit
     scope = resolve_scope(loaded.model)
     torch.manual_seed(0)
     network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3, aggregation=aggregation))
-    config = TrainConfig(**{"batch_size": 4, "val_records": 4, **overrides})
+    config = TrainConfig(**{"batch_size": 4, "val_records": 4, "bf16_autocast": False, **overrides})
     return EditorTrainer(
         loaded.model, loaded.tokenizer, scope, network, examples[4:], examples[:4], config,
         protected=tiny_protected(loaded) if aggregation == "least_squares" else None,

@@ -11,7 +11,9 @@ from transformers.pytorch_utils import Conv1D
 
 from editing.config import EditorConfig
 from editing.core.apply import NonFiniteEditError
+from editing.core.forward import scored_logits
 from editing.core.hooks import Orientation, capture_factors, describe_layer, outer_sum
+from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import resolve_scope
 from editing.core.tokens import encode_batch
 from editing.data.records import EditRecord, PromptAnswer
@@ -66,9 +68,19 @@ def test_captured_factors_reproduce_weight_grad_exactly(tiny_model):
     model, scope = tiny_model.model, resolve_scope(tiny_model.model)
     batch = encode_batch(tiny_model.tokenizer, [r.prompt for r in RECORDS], [r.target_new for r in RECORDS])
     captured = capture_edit_factors(model, scope, batch)
+    # The reference: autograd's own weight gradient of the same loss (summed per-example mean NLL).
+    leaves = {
+        n: p.detach().requires_grad_(True) for n, p in model.named_parameters() if n in scope.weight_names
+    }
+    with torch.enable_grad():
+        logits = scored_logits(model, batch, weights=leaves)
+        nll = token_nll(logits, batch.scored_targets)
+        loss = per_example_mean(nll, batch.scored_example, len(batch)).sum()
+        expected = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+    assert float(loss.detach()) == pytest.approx(float(captured.loss), rel=1e-5)
     for layer in scope.layers:
         gradient = captured.factors[layer.weight_name].gradient(layer.orientation)
-        torch.testing.assert_close(gradient, captured.gradients[layer.weight_name], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(gradient, expected[layer.weight_name], rtol=1e-5, atol=1e-7)
 
 
 def test_capture_without_backward_reports_missing_gradient(tiny_llama):
@@ -77,8 +89,8 @@ def test_capture_without_backward_reports_missing_gradient(tiny_llama):
         pytest.raises(RuntimeError, match="no gradient reached"),
         capture_factors(tiny_llama.model, scope.weight_names) as capture,
     ):
-        tiny_llama.model(input_ids=torch.tensor([[3, 4, 5]]))
-        capture.factors()
+        tiny_llama.model(input_ids=torch.tensor([[3, 4, 5]]))  # nothing requires grad
+        capture.backward(torch.zeros((), requires_grad=True))
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "conv1d"])

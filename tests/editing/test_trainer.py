@@ -16,8 +16,8 @@ from editing.mend.editor_net import MendNetwork
 from editing.training.checkpoint import load_editor, load_trainer_state, save_editor
 from editing.training.objective import EditGroup, consecutive_groups
 from editing.training.trainer import EditorTrainer
-from tests.tiny import tiny_protected
 from tests.paths import DATA_DIR
+from tests.tiny import tiny_protected
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
 
@@ -32,8 +32,9 @@ def _trainer(loaded, records, *, aggregation: str = "least_squares", **overrides
     scope = resolve_scope(loaded.model)
     torch.manual_seed(0)
     network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3, aggregation=aggregation))
+    # float32 throughout unless a test asks: these tests compare computation paths exactly.
     settings = {"batch_size": 4, "editor_lr": 1e-3, "step_size_lr": 1e-3, "val_every": 10, "val_records": 16,
-                "val_group_size": 4}  # fmt: skip
+                "val_group_size": 4, "bf16_autocast": False}  # fmt: skip
     config = TrainConfig(**{**settings, **overrides})
     protected = tiny_protected(loaded) if aggregation == "least_squares" else None
     return EditorTrainer(
@@ -116,6 +117,19 @@ def test_mixed_group_sizes_and_same_relation_groups_are_drawn_reproducibly(tiny_
         counts = Counter(example.relation for example in group.examples)
         relation, count = counts.most_common(1)[0]
         assert count == min(len(group.examples), len(trainer.sampler.by_relation[relation]))
+
+
+def test_bfloat16_training_uses_its_own_copy_and_leaves_the_callers_model_alone(tiny_llama, records):
+    before = {n: p.clone() for n, p in tiny_llama.model.named_parameters()}
+    trainer = _trainer(tiny_llama, records, max_steps=3, bf16_autocast=True, device="cpu")
+    trainer.fit()
+    if trainer.bf16:  # on a CPU with native bf16 units, the frozen model is a bf16 copy
+        assert trainer.model is not tiny_llama.model
+        assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    assert all(
+        torch.equal(p, before[n]) and p.dtype == torch.float32 for n, p in tiny_llama.model.named_parameters()
+    )
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
 
 
 def test_training_record_without_locality_names_record_and_field(tiny_llama, records):

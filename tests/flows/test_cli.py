@@ -50,6 +50,27 @@ def test_demo_prints_the_summary_and_a_second_run_finds_no_new_flags(cli_env):
     assert "already seeded" in second.output and "no new flags" in second.output
 
 
+def test_night_two_waits_for_night_one_to_be_promoted_then_keeps_its_edits(cli_env, tmp_path, monkeypatch):
+    from flows.cli import app
+
+    night2 = tmp_path / "night2.jsonl"
+    night2.write_text(json.dumps({"id": "n1", "prompt": "The Mona Lisa was painted by", "answer": "Leonardo da Vinci",
+                                  "subject": "The Mona Lisa", "paraphrase": "The painter of the Mona Lisa was"}) + "\n")  # fmt: skip
+    monkeypatch.setenv("MEND_DEMO_FACTS_NIGHT2", str(night2))
+    runner = CliRunner()
+    early = runner.invoke(app, ["demo", "--night", "2"])
+    assert early.exit_code == 2 and "make run" in early.output, early.output
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    waiting = runner.invoke(app, ["demo", "--night", "2"])
+    assert waiting.exit_code == 2 and "mend promote --version 2 --approve" in waiting.output, waiting.output
+    promoted = runner.invoke(app, ["promote", "--version", "2", "--approve", "--approver", "alice"])
+    assert promoted.exit_code == 0, promoted.output
+    second = runner.invoke(app, ["demo", "--night", "2"])
+    assert second.exit_code == 0, second.output
+    assert "asked 1 questions" in second.output and "min_retention" in second.output, second.output
+    assert "version 3" in second.output
+
+
 def test_flag_command_appends_a_flag_that_the_next_fix_applies(cli_env):
     from flows.cli import app
     from tasks.flags import read_flag_log
