@@ -95,7 +95,9 @@ def cached_rows(store: Store, manifest: Manifest, flag_ids: Sequence[str], works
     for index, (key, flags) in enumerate(sorted(by_key.items())):
         if not store.exists(key):
             raise EditLedgerError(f"rows file {key} of {len(flags)} ledger flag(s) is missing from the store")
-        parts.append(EditRows.load(store.download(key, workspace / f"rows-{index}.safetensors")).select(flags))
+        parts.append(
+            EditRows.load(store.download(key, workspace / f"rows-{index}.safetensors")).select(flags)
+        )
     return parts
 
 

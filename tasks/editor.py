@@ -79,7 +79,9 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     protected = None
     if editor_config.aggregation == "least_squares":
         exclude = [p for r in records for p in (r.prompt, *r.rephrase_prompts)]
-        protected = protected_keys_for(settings, loaded, exclude + store_scored_prompts(settings.open_store()))
+        protected = protected_keys_for(
+            settings, loaded, exclude + store_scored_prompts(settings.open_store())
+        )
     out = scratch_dir("editor") / "editor"
     started = time.perf_counter()
     with fix_run(

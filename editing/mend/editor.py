@@ -26,7 +26,7 @@ from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
-from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
+from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update
 from editing.mend.editor_net import MendNetwork
 from editing.mend.protected import ProtectedKeys
 from editing.mend.rows import EditRows, concat_rows

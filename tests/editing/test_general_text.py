@@ -10,11 +10,11 @@ from editing.core.targets import resolve_scope
 from editing.data.records import read_records, read_texts
 from editing.data.training_data import TrainingDataError, encode_training_examples, with_general_texts
 from editing.mend.editor_net import MendNetwork
-from editing.training.run import train_editor
 from editing.training.objective import consecutive_groups
+from editing.training.run import train_editor
 from editing.training.trainer import EditorTrainer
-from tests.tiny import tiny_protected
 from tests.paths import DATA_DIR
+from tests.tiny import tiny_protected
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
 GENERAL_TEXTS = DATA_DIR / "me_ppl/ME-PPL.json"

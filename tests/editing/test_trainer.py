@@ -16,8 +16,8 @@ from editing.mend.editor_net import MendNetwork
 from editing.training.checkpoint import load_editor, load_trainer_state, save_editor
 from editing.training.objective import EditGroup, consecutive_groups
 from editing.training.trainer import EditorTrainer
-from tests.tiny import tiny_protected
 from tests.paths import DATA_DIR
+from tests.tiny import tiny_protected
 
 COUNTERFACT_TRAIN = DATA_DIR / "counterfact_easyedit_splits/counterfact-train.json"
 
