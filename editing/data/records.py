@@ -1,8 +1,11 @@
 """Edit records and the readers for the standard editing datasets.
 
-One record type serves every source. Readers never drop a record silently: a malformed record raises
-``RecordError`` naming the file, the record index and the field, unless the caller allows skips, in
-which case each skipped record is kept with its reason in ``ReadResult.rejected``.
+One record type (``EditRecord``, in ``edit_record``) serves every source. ``READERS`` names each
+published format; ``read_records`` takes a name or detects the format from the fields, and refuses a
+file whose fields fit no format or several. Every reader turns one published item into one or more
+records (an MQuAKE case into one per edited fact). Readers never drop a record silently: a malformed
+item raises ``RecordError`` naming the file, the item index and the field, unless the caller allows
+skips, in which case each skipped item is kept with its reason in ``ReadResult.rejected``.
 """
 
 from __future__ import annotations
@@ -10,54 +13,52 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from editing.data import readers_knowedit as knowedit
+from editing.data.edit_record import (
+    EditRecord,
+    FieldReader,
+    PromptAnswer,
+    RecordError,
+    Source,
+    parse_project_record,
+)
+from editing.data.readers_mquake import parse_case as parse_mquake_case
+
+__all__ = [
+    "READERS",
+    "DatasetFormat",
+    "EditRecord",
+    "PromptAnswer",
+    "ReadResult",
+    "RecordError",
+    "RejectedRecord",
+    "detect_format",
+    "read_records",
+    "read_texts",
+    "write_jsonl",
+]
+
 LOGGER = logging.getLogger(__name__)
 
-DatasetFormat = Literal["zsre", "counterfact", "knowedit", "jsonl"]
+DatasetFormat = Literal[
+    "zsre",
+    "counterfact",
+    "knowedit",
+    "knowedit-zsre",
+    "knowedit-wikidata-counterfact",
+    "knowedit-wikidata-recent",
+    "knowedit-wikibio",
+    "knowedit-convsent",
+    "knowedit-sanitation",
+    "mquake",
+    "jsonl",
+]
 # zsRE stores its locality inputs with a task prefix meant for seq2seq models; prompts drop it.
 ZSRE_LOCALITY_PREFIX = "nq question: "
-
-
-@dataclass(frozen=True)
-class PromptAnswer:
-    """A prompt with the answer it should (or did) produce; ``kind`` names the probe family."""
-
-    prompt: str
-    answer: str
-    kind: str = ""
-
-
-@dataclass(frozen=True)
-class EditRecord:
-    """One requested edit: make ``prompt`` complete with ``target_new``."""
-
-    record_id: str
-    prompt: str
-    target_new: str
-    target_true: str | None = None
-    subject: str | None = None
-    rephrase_prompts: tuple[str, ...] = ()
-    locality: tuple[PromptAnswer, ...] = ()
-    portability: tuple[PromptAnswer, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON types (lists, not tuples): the project's JSONL format, read back by ``from_json``."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> EditRecord:
-        return _parse_jsonl_record(raw, _FieldReader(Path("<memory>"), 0, raw))
-
-
-class RecordError(ValueError):
-    """A record is malformed. Carries where: file, record index and field."""
-
-    def __init__(self, path: Path, index: int, field_name: str, reason: str):
-        self.path, self.index, self.field_name, self.reason = path, index, field_name, reason
-        super().__init__(f"{path}: record {index}: field {field_name!r}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -74,167 +75,115 @@ class ReadResult:
     source: str = ""
 
 
-class _FieldReader:
-    """Typed access to one raw record that raises ``RecordError`` with the field's name."""
-
-    def __init__(self, path: Path, index: int, raw: Any):
-        if not isinstance(raw, dict):
-            raise RecordError(path, index, "<record>", f"expected a JSON object, got {type(raw).__name__}")
-        self.path, self.index, self.raw = path, index, raw
-
-    def fail(self, name: str, reason: str) -> RecordError:
-        return RecordError(self.path, self.index, name, reason)
-
-    def text(self, name: str, *, optional: bool = False) -> str | None:
-        if name not in self.raw or self.raw[name] is None:
-            if optional:
-                return None
-            raise self.fail(name, "missing")
-        value = self.raw[name]
-        if not isinstance(value, str):
-            raise self.fail(name, f"expected a string, got {type(value).__name__}")
-        if not value.strip():
-            raise self.fail(name, "empty string")
-        return value
-
-    def first_text(self, name: str, *, optional: bool = False) -> str | None:
-        """A string, or the first string of a non-empty list of strings."""
-        value = self.raw.get(name)
-        if isinstance(value, list):
-            if not value:
-                raise self.fail(name, "empty list")
-            if not all(isinstance(item, str) and item.strip() for item in value):
-                raise self.fail(name, "expected a list of non-empty strings")
-            return value[0]
-        return self.text(name, optional=optional)
-
-    def mapping(self, name: str) -> dict[str, Any]:
-        value = self.raw.get(name, {})
-        if not isinstance(value, dict):
-            raise self.fail(name, f"expected an object, got {type(value).__name__}")
-        return value
-
-    def probes(self, name: str) -> tuple[PromptAnswer, ...]:
-        """KnowEdit-style ``{kind: [{"prompt", "ground_truth"}]}`` into prompt/answer pairs."""
-        probes = []
-        for kind, items in self.mapping(name).items():
-            if not isinstance(items, list):
-                raise self.fail(f"{name}.{kind}", "expected a list of probes")
-            for position, item in enumerate(items):
-                where = f"{name}.{kind}[{position}]"
-                probe = _FieldReader(self.path, self.index, item) if isinstance(item, dict) else None
-                if probe is None:
-                    raise self.fail(where, "expected an object with prompt and ground_truth")
-                try:
-                    prompt = probe.text("prompt")
-                    answer = probe.first_text("ground_truth")
-                except RecordError as error:
-                    raise self.fail(f"{where}.{error.field_name}", error.reason) from None
-                probes.append(PromptAnswer(prompt, answer, kind))
-        return tuple(probes)
-
-
-def _parse_zsre(raw: dict[str, Any], fields_: _FieldReader) -> EditRecord:
-    locality_prompt = fields_.text("loc")
-    portability = fields_.mapping("portability")
+def _parse_zsre(fields: FieldReader, source: Source) -> list[EditRecord]:
+    """zsRE in MEND's format (``src``, ``alt``, ``answers``, ``rephrase``, ``loc``, ``loc_ans``)."""
+    locality_prompt = fields.text("loc")
+    portability = fields.mapping("portability")
     portability_probes: tuple[PromptAnswer, ...] = ()
     if portability:
         question, answer = portability.get("New Question"), portability.get("New Answer")
         if not (
             isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()
         ):
-            raise fields_.fail("portability", "needs non-empty 'New Question' and 'New Answer'")
+            raise fields.fail("portability", "needs non-empty 'New Question' and 'New Answer'")
         portability_probes = (PromptAnswer(question, answer, "one_hop"),)
-    return EditRecord(
-        record_id=f"zsre-{fields_.index}",
-        prompt=fields_.text("src"),
-        target_new=fields_.text("alt"),
-        target_true=fields_.first_text("answers", optional=True),
-        subject=fields_.text("subject", optional=True),
-        rephrase_prompts=(fields_.text("rephrase"),),
-        locality=(
-            PromptAnswer(locality_prompt.removeprefix(ZSRE_LOCALITY_PREFIX), fields_.text("loc_ans"), "nq"),
-        ),
-        portability=portability_probes,
-    )
-
-
-def _parse_counterfact(raw: dict[str, Any], fields_: _FieldReader) -> EditRecord:
-    case_id = raw.get("case_id", fields_.index)
-    return EditRecord(
-        record_id=f"counterfact-{case_id}",
-        prompt=fields_.text("prompt"),
-        target_new=fields_.text("target_new"),
-        target_true=fields_.text("ground_truth", optional=True),
-        subject=fields_.text("subject", optional=True),
-        rephrase_prompts=(fields_.text("rephrase_prompt"),),
-        locality=(
-            PromptAnswer(
-                fields_.text("locality_prompt"), fields_.text("locality_ground_truth"), "neighborhood"
+    answers = fields.optional_answers("answers")
+    return [
+        EditRecord(
+            record_id=f"{source.format_name}-{fields.index}",
+            prompt=fields.text("src"),
+            target_new=fields.text("alt"),
+            target_true=answers[0] if answers else None,
+            subject=fields.optional_text("subject"),
+            rephrase_prompts=(fields.text("rephrase"),),
+            locality=(
+                PromptAnswer(
+                    locality_prompt.removeprefix(ZSRE_LOCALITY_PREFIX), fields.text("loc_ans"), "nq"
+                ),
             ),
-        ),
-    )
+            portability=portability_probes,
+        )
+    ]
 
 
-def _parse_knowedit(raw: dict[str, Any], fields_: _FieldReader) -> EditRecord:
-    return EditRecord(
-        record_id=f"knowedit-{fields_.index}",
-        prompt=fields_.text("prompt"),
-        target_new=fields_.first_text("target_new"),
-        target_true=fields_.first_text("ground_truth", optional=True),
-        subject=fields_.text("subject", optional=True),
-        rephrase_prompts=(fields_.text("rephrase_prompt"),),
-        locality=fields_.probes("locality"),
-        portability=fields_.probes("portability"),
-    )
+def _parse_counterfact(fields: FieldReader, source: Source) -> list[EditRecord]:
+    """CounterFact as EasyEdit splits it (``prompt``, ``target_new``, ``locality_prompt``, ...)."""
+    case_id = fields.raw.get("case_id", fields.index)
+    return [
+        EditRecord(
+            record_id=f"{source.format_name}-{case_id}",
+            prompt=fields.text("prompt"),
+            target_new=fields.text("target_new"),
+            target_true=fields.optional_text("ground_truth"),
+            subject=fields.optional_text("subject"),
+            rephrase_prompts=(fields.text("rephrase_prompt"),),
+            locality=(
+                PromptAnswer(
+                    fields.text("locality_prompt"), fields.text("locality_ground_truth"), "neighborhood"
+                ),
+            ),
+        )
+    ]
 
 
-def _parse_pairs(fields_: _FieldReader, name: str) -> tuple[PromptAnswer, ...]:
-    value = fields_.raw.get(name, [])
-    if not isinstance(value, list):
-        raise fields_.fail(name, "expected a list of {prompt, answer} objects")
-    pairs = []
-    for position, item in enumerate(value):
-        try:
-            pair = _FieldReader(fields_.path, fields_.index, item)
-            pairs.append(PromptAnswer(pair.text("prompt"), pair.text("answer"), pair.raw.get("kind", "")))
-        except RecordError as error:
-            raise fields_.fail(f"{name}[{position}].{error.field_name}", error.reason) from None
-    return tuple(pairs)
+def _parse_project(fields: FieldReader, source: Source) -> list[EditRecord]:
+    return [parse_project_record(fields)]
 
 
-def _parse_jsonl_record(raw: dict[str, Any], fields_: _FieldReader) -> EditRecord:
-    rephrases = fields_.raw.get("rephrase_prompts", [])
-    if not isinstance(rephrases, list) or not all(isinstance(p, str) and p.strip() for p in rephrases):
-        raise fields_.fail("rephrase_prompts", "expected a list of non-empty strings")
-    return EditRecord(
-        record_id=fields_.text("record_id"),
-        prompt=fields_.text("prompt"),
-        target_new=fields_.text("target_new"),
-        target_true=fields_.text("target_true", optional=True),
-        subject=fields_.text("subject", optional=True),
-        rephrase_prompts=tuple(rephrases),
-        locality=_parse_pairs(fields_, "locality"),
-        portability=_parse_pairs(fields_, "portability"),
-    )
+def _json_array(path: Path, data: Any) -> tuple[list[Any], dict[str, Any]]:
+    if not isinstance(data, list):
+        raise RecordError(path, 0, "<file>", "expected a JSON array of records")
+    return data, {}
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any], _FieldReader], EditRecord]] = {
-    "zsre": _parse_zsre,
-    "counterfact": _parse_counterfact,
-    "knowedit": _parse_knowedit,
-    "jsonl": _parse_jsonl_record,
+@dataclass(frozen=True)
+class Reader:
+    """One published format.
+
+    ``signature``: top-level fields of a record that identify the format (empty: never detected, only
+    named, for layouts that several formats share). ``file_signatures``: the same for files that are one
+    JSON object rather than an array. ``unpack`` turns the file's JSON into items and file-level lists.
+    """
+
+    parse: Callable[[FieldReader, Source], list[EditRecord]]
+    signature: frozenset[str] = frozenset()
+    file_signatures: tuple[frozenset[str], ...] = ()
+    unpack: Callable[[Path, Any], tuple[list[Any], dict[str, Any]]] = _json_array
+
+
+READERS: dict[str, Reader] = {
+    "zsre": Reader(_parse_zsre, frozenset({"src", "alt", "loc", "loc_ans"})),
+    "counterfact": Reader(
+        _parse_counterfact, frozenset({"prompt", "target_new", "locality_prompt", "locality_ground_truth"})
+    ),
+    # The KnowEdit ZsRE layout under its first name (record ids "knowedit-N"), detected as before.
+    "knowedit": Reader(
+        knowedit.parse_zsre, frozenset({"prompt", "target_new", "rephrase_prompt", "locality"})
+    ),
+    "knowedit-zsre": Reader(knowedit.parse_zsre),
+    "knowedit-wikidata-counterfact": Reader(knowedit.parse_wikidata_counterfact),
+    "knowedit-wikidata-recent": Reader(knowedit.parse_wikidata_recent),
+    "knowedit-wikibio": Reader(knowedit.parse_wikibio, frozenset({"text", "labels", "concept"})),
+    "knowedit-convsent": Reader(knowedit.parse_convsent, frozenset({"ent", "pos", "neg"})),
+    "knowedit-sanitation": Reader(
+        knowedit.parse_sanitation,
+        file_signatures=tuple(frozenset(split) for split in knowedit.SANITATION_SPLITS),
+        unpack=knowedit.unpack_sanitation,
+    ),
+    "mquake": Reader(parse_mquake_case, frozenset({"requested_rewrite", "questions", "new_answer"})),
+    "jsonl": Reader(_parse_project),
 }
-# Fields that identify a format when it is not given.
-_SIGNATURES: dict[str, set[str]] = {
-    "zsre": {"src", "alt", "loc", "loc_ans"},
-    "counterfact": {"prompt", "target_new", "locality_prompt", "locality_ground_truth"},
-    "knowedit": {"prompt", "target_new", "rephrase_prompt", "locality"},
-    "jsonl": {"record_id", "prompt", "target_new"},
-}
+# Layouts that fit several formats whose fields cannot tell them apart: detection refuses them.
+_SHARED_LAYOUTS = (
+    (
+        frozenset({"prompt", "target_new", "locality"}),
+        ("knowedit-zsre", "knowedit-wikidata-counterfact", "knowedit-wikidata-recent"),
+    ),
+)
 
 
-def _load_raw(path: Path) -> list[Any]:
+def _load_raw(path: Path) -> Any:
+    """The file's JSON: a list of records for JSONL, whatever the JSON holds otherwise."""
     if path.suffix == ".jsonl":
         raw = []
         for number, line in enumerate(path.read_text().splitlines()):
@@ -245,20 +194,43 @@ def _load_raw(path: Path) -> list[Any]:
             except json.JSONDecodeError as error:
                 raise RecordError(path, number, "<line>", f"invalid JSON: {error.msg}") from None
         return raw
-    data = json.loads(path.read_text())
-    if not isinstance(data, list):
-        raise RecordError(path, 0, "<file>", "expected a JSON array of records")
-    return data
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecordError(path, 0, "<file>", f"invalid JSON: {error.msg} (line {error.lineno})") from None
 
 
-def detect_format(path: Path, raw: list[Any]) -> str:
+def _format_error(path: Path, reason: str) -> RecordError:
+    return RecordError(path, 0, "<format>", f"{reason}; pass the format by name, one of {sorted(READERS)}")
+
+
+def detect_format(path: Path, raw: Any) -> str:
+    """The one format whose identifying fields the file has; refuses files that fit none or several."""
     if path.suffix == ".jsonl":
         return "jsonl"
-    first = raw[0] if raw and isinstance(raw[0], dict) else {}
-    for name, signature in _SIGNATURES.items():
-        if signature <= set(first):
-            return name
-    raise RecordError(path, 0, "<format>", f"cannot tell the format from fields {sorted(first)}")
+    if isinstance(raw, dict):
+        fields = set(raw)
+        matches = [
+            name for name, reader in READERS.items() if any(s <= fields for s in reader.file_signatures)
+        ]
+    else:
+        if not raw:
+            raise _format_error(path, "no records to tell the format from")
+        fields = set(raw[0]) if isinstance(raw[0], dict) else set()
+        matches = [
+            name for name, reader in READERS.items() if reader.signature and reader.signature <= fields
+        ]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise _format_error(path, f"fields {sorted(fields)} fit several formats ({', '.join(matches)})")
+    for layout, names in _SHARED_LAYOUTS:
+        if layout <= fields:
+            raise _format_error(
+                path,
+                f"fields {sorted(fields)} are the layout of {', '.join(names)}, which they cannot tell apart",
+            )
+    raise _format_error(path, f"cannot tell the format from fields {sorted(fields)}")
 
 
 def read_records(
@@ -269,18 +241,24 @@ def read_records(
     offset: int = 0,
     allow_skips: bool = False,
 ) -> ReadResult:
-    """Read edit records from ``path``; the format is detected from the fields when not given."""
+    """Read edit records from ``path``; the format is detected from the fields when not given.
+
+    ``limit`` and ``offset`` count published items (records of JSONL): an MQuAKE case gives one record
+    per edited fact, and a case is never split.
+    """
     path = Path(path)
-    raw = _load_raw(path)
-    dataset_format = dataset_format or detect_format(path, raw)  # type: ignore[assignment]
-    if dataset_format not in _PARSERS:
-        raise ValueError(f"unknown dataset format {dataset_format!r}; one of {sorted(_PARSERS)}")
-    parse = _PARSERS[dataset_format]
-    end = len(raw) if limit is None else min(len(raw), offset + limit)
-    result = ReadResult(records=[], source=f"{dataset_format}:{path}")
+    data = _load_raw(path)
+    name = dataset_format or detect_format(path, data)
+    if name not in READERS:
+        raise ValueError(f"unknown dataset format {name!r}; one of {sorted(READERS)}")
+    reader = READERS[name]
+    items, shared = reader.unpack(path, data)
+    source = Source(path, name, items, shared)
+    end = len(items) if limit is None else min(len(items), offset + limit)
+    result = ReadResult(records=[], source=f"{name}:{path}")
     for index in range(offset, end):
         try:
-            result.records.append(parse(raw[index], _FieldReader(path, index, raw[index])))
+            result.records.extend(reader.parse(FieldReader(path, index, items[index]), source))
         except RecordError as error:
             if not allow_skips:
                 raise
@@ -306,6 +284,6 @@ def read_texts(path: str | Path, *, limit: int | None = None) -> list[str]:
     data = json.loads(path.read_text())
     texts = []
     for index, item in enumerate(data[:limit] if limit else data):
-        text = _FieldReader(path, index, item).text("Text")
+        text = FieldReader(path, index, item).text("Text")
         texts.append(text)
     return texts

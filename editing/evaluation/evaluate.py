@@ -1,17 +1,18 @@
 """Score models on edit records and compare a model before and after an edit.
 
-``score_records`` runs each record's queries once (the rewrite prompt, every rephrase and portability
-probe, every locality probe), batched and only at scored positions, and keeps what comparisons need.
-``compare_scores`` turns a before/after pair into one table row. On top of these sit the field's two
-protocols: ``run_single_edits`` (each record edited on its own, then undone) and ``run_batch_edit`` (all
-records in one edit). Records are processed in chunks, so memory does not grow with the record count.
+``score_records`` (in ``scoring``, re-exported here) runs each record's queries once (the rewrite prompt,
+every rephrase and portability probe, every locality probe), batched and only at scored positions,
+against every alias of the answer, and keeps what comparisons need. ``compare_scores`` turns a
+before/after pair into one table row. On top of these sit the field's two protocols: ``run_single_edits``
+(each record, or each edit group, edited on its own, then undone) and ``run_batch_edit`` (all records in
+one edit). Records are processed in chunks, so memory does not grow with the record count.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,19 +21,27 @@ from torch import nn
 from editing.core.apply import Editor
 from editing.core.forward import eval_mode, scored_logits
 from editing.core.losses import token_nll
-from editing.core.tokens import encode_batch, encode_texts
-from editing.data.records import EditRecord
-from editing.evaluation.metrics import (
-    accuracy_drawdown,
-    exact_match,
-    mean_kl,
-    mean_or_none,
-    token_accuracy,
-    unchanged_fraction,
-)
+from editing.core.tokens import encode_texts
+from editing.data.edit_record import EditRecord
+from editing.evaluation.metrics import accuracy_drawdown, mean_kl, mean_or_none, unchanged_fraction
 from editing.evaluation.metrics import (
     perplexity as perplexity_from_nll,
 )
+from editing.evaluation.scoring import QueryScore, RecordScores, score_records
+
+__all__ = [
+    "EditEvaluation",
+    "QueryScore",
+    "RecordScores",
+    "aggregate",
+    "compare_scores",
+    "edit_units",
+    "evaluate_edit",
+    "perplexity",
+    "run_batch_edit",
+    "run_single_edits",
+    "score_records",
+]
 
 PREDICTION_TOKENS = 5  # target tokens decoded into a row's "prediction" column for display
 # Row columns averaged into the aggregates (None values, e.g. no portability probes, are left out).
@@ -52,24 +61,6 @@ SCORE_COLUMNS = ("rewrite_acc", "rephrase_acc", "locality_unchanged")
 
 
 @dataclass
-class QueryScore:
-    """One teacher-forced query: how well the model predicts the target after the prompt."""
-
-    accuracy: float
-    exact: bool
-    predictions: torch.Tensor  # (target tokens,) argmax token ids, on the CPU
-    log_probs: torch.Tensor | None = None  # (target tokens, vocab) float32, kept for locality probes only
-
-
-@dataclass
-class RecordScores:
-    rewrite: QueryScore
-    rephrase: list[QueryScore] = field(default_factory=list)
-    portability: list[QueryScore] = field(default_factory=list)
-    locality: list[QueryScore] = field(default_factory=list)
-
-
-@dataclass
 class EditEvaluation:
     """One row per record (plain dicts) and the means over rows."""
 
@@ -82,63 +73,6 @@ class EditEvaluation:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> EditEvaluation:
         return cls(rows=list(raw["rows"]), aggregates=dict(raw["aggregates"]))
-
-
-def _queries(records: Sequence[EditRecord]) -> list[tuple[int, str, str, str]]:
-    """(record index, kind, prompt, target) for every query of every record."""
-    queries = []
-    for index, record in enumerate(records):
-        queries.append((index, "rewrite", record.prompt, record.target_new))
-        queries.extend((index, "rephrase", prompt, record.target_new) for prompt in record.rephrase_prompts)
-        queries.extend((index, "portability", probe.prompt, probe.answer) for probe in record.portability)
-        queries.extend((index, "locality", probe.prompt, probe.answer) for probe in record.locality)
-    return queries
-
-
-@torch.no_grad()
-def _score_queries(
-    model: nn.Module, tokenizer, queries: Sequence[tuple[int, str, str, str]]
-) -> list[QueryScore]:
-    device = next(model.parameters()).device
-    batch = encode_batch(tokenizer, [q[2] for q in queries], [q[3] for q in queries]).to(device)
-    logits = scored_logits(model, batch)  # (scored, vocab)
-    targets, example = batch.scored_targets, batch.scored_example
-    accuracy = token_accuracy(logits, targets, example, len(queries)).tolist()
-    exact = exact_match(logits, targets, example, len(queries)).tolist()
-    counts = torch.bincount(example, minlength=len(queries)).tolist()
-    scores = []
-    # Positions are in row-major order, so each query's positions are one contiguous slice.
-    for query, query_logits, acc, hit in zip(queries, logits.split(counts), accuracy, exact, strict=True):
-        log_probs = None
-        if query[1] == "locality":
-            log_probs = torch.log_softmax(query_logits.float(), dim=-1).cpu()
-        scores.append(QueryScore(acc, bool(hit), query_logits.argmax(dim=-1).cpu(), log_probs))
-    return scores
-
-
-def score_records(
-    model: nn.Module, tokenizer, records: Sequence[EditRecord], *, batch_size: int = 16
-) -> list[RecordScores]:
-    """Score every query of every record, ``batch_size`` sequences per forward pass."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    queries = _queries(records)
-    scores: list[QueryScore] = []
-    with eval_mode(model):
-        for start in range(0, len(queries), batch_size):
-            scores.extend(_score_queries(model, tokenizer, queries[start : start + batch_size]))
-    grouped: list[dict[str, list[QueryScore]]] = [{} for _ in records]
-    for (index, kind, _prompt, _target), score in zip(queries, scores, strict=True):
-        grouped[index].setdefault(kind, []).append(score)
-    return [
-        RecordScores(
-            rewrite=kinds["rewrite"][0],
-            rephrase=kinds.get("rephrase", []),
-            portability=kinds.get("portability", []),
-            locality=kinds.get("locality", []),
-        )
-        for kinds in grouped
-    ]
 
 
 def _locality_metrics(before: list[QueryScore], after: list[QueryScore]) -> dict[str, float | None]:
@@ -222,6 +156,27 @@ def evaluate_edit(
     return EditEvaluation(rows, aggregate(rows))
 
 
+def edit_units(records: Sequence[EditRecord]) -> list[list[int]]:
+    """Indexes of the records edited together: each record alone, or all the records of an edit group."""
+    units: dict[tuple[str, object], list[int]] = {}
+    for index, record in enumerate(records):
+        key = ("group", record.edit_group) if record.edit_group is not None else ("record", index)
+        units.setdefault(key, []).append(index)
+    return list(units.values())
+
+
+def _unit_chunks(units: list[list[int]], size: int) -> Iterator[list[list[int]]]:
+    """Whole units, about ``size`` records at a time (a group is never split)."""
+    chunk: list[list[int]] = []
+    for unit in units:
+        chunk.append(unit)
+        if sum(map(len, chunk)) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def run_single_edits(
     editor: Editor,
     model: nn.Module,
@@ -233,23 +188,31 @@ def run_single_edits(
 ) -> EditEvaluation:
     """The field's protocol: each record is edited on its own, scored, and undone before the next.
 
-    ``edit_seconds`` in each row is the wall time of ``editor.edit`` for that record. The model's
-    weights are bit-identical afterwards (``EditResult.applied`` restores the saved originals).
+    Records of one ``edit_group`` (an MQuAKE case's facts) are edited together, as their benchmark
+    does, and each gets its own row. ``edit_seconds`` in a row is the wall time of the ``editor.edit``
+    call that made it. The model's weights are bit-identical afterwards (``EditResult.applied``
+    restores the saved originals). Rows are in the order of ``records``.
     """
-    rows = []
-    for chunk in _chunks(records, batch_size):
-        before = score_records(model, tokenizer, chunk, batch_size=batch_size)  # the edit cannot change these
-        for record, record_before in zip(chunk, before, strict=True):
+    rows: list[dict[str, Any]] = [{} for _ in records]
+    done = 0
+    for units in _unit_chunks(edit_units(records), batch_size):
+        indexes = [index for unit in units for index in unit]
+        # The edit cannot change these, so they are scored once for the whole chunk.
+        before = score_records(model, tokenizer, [records[i] for i in indexes], batch_size=batch_size)
+        before_by_index = dict(zip(indexes, before, strict=True))
+        for unit in units:
+            unit_records = [records[index] for index in unit]
             started = time.perf_counter()
-            result = editor.edit(model, tokenizer, [record])
+            result = editor.edit(model, tokenizer, unit_records)
             seconds = time.perf_counter() - started
             with result.applied(model):
-                (record_after,) = score_records(model, tokenizer, [record], batch_size=batch_size)
-            rows.append(
-                {**compare_scores(record, record_before, record_after, tokenizer), "edit_seconds": seconds}
-            )
-            if on_progress is not None:
-                on_progress(len(rows), len(records))
+                after = score_records(model, tokenizer, unit_records, batch_size=batch_size)
+            for index, record_after in zip(unit, after, strict=True):
+                row = compare_scores(records[index], before_by_index[index], record_after, tokenizer)
+                rows[index] = {**row, "edit_seconds": seconds}
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(records))
     return EditEvaluation(rows, aggregate(rows))
 
 

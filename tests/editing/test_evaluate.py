@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ import torch
 
 from editing.core.apply import EditResult
 from editing.core.models import fingerprint
-from editing.core.tokens import encode_batch, encode_texts
+from editing.core.tokens import encode_batch, encode_example, encode_texts
 from editing.data.records import EditRecord, PromptAnswer
 from editing.evaluation.evaluate import (
     EditEvaluation,
@@ -275,3 +276,115 @@ def test_perplexity_is_token_weighted(tiny_model):
     assert perplexity(model, tokenizer, TEXTS, batch_size=1) == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="at least one"):
         perplexity(model, tokenizer, [])
+
+
+def predicted_word(model, tokenizer) -> tuple[str, str]:
+    """A prompt and a one-token word the model predicts right after it (so its accuracy there is 1)."""
+    prompts = ["Harry Potter was written by", "BBC One, by", "Sega makes", "The capital of Italy is"]
+    for prompt in prompts:
+        ids, first = encode_example(tokenizer, prompt, "x")
+        with torch.no_grad():
+            token = int(model(input_ids=torch.tensor([ids[:first]])).logits[0, -1].argmax())
+        word = tokenizer.decode([token]).strip()
+        if word:
+            ids, first = encode_example(tokenizer, prompt, word)
+            if ids[first:] == [token]:
+                return prompt, word
+    raise AssertionError("no prompt here has a whole word as its next token")
+
+
+WRONG = "zebra quantum"
+
+
+def alias_record(prompt: str, word: str, *, aliases: bool = True) -> EditRecord:
+    """Every query's answer is wrong; ``word`` is the second alias of the target and locality's answer."""
+    return EditRecord(
+        "alias",
+        prompt,
+        WRONG,
+        target_aliases=("piano keys", word) if aliases else (),
+        rephrase_prompts=(prompt,),
+        portability=(PromptAnswer(prompt, WRONG, "p", (word,) if aliases else ()),),
+        locality=(PromptAnswer(prompt, WRONG, "l", ("piano keys", word) if aliases else ()),),
+    )
+
+
+def test_an_alias_makes_every_query_right(tiny_model):
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    prompt, word = predicted_word(model, tokenizer)
+    assert reference_accuracy(model, tokenizer, prompt, WRONG) < 1.0
+    (scores,) = score_records(model, tokenizer, [alias_record(prompt, word)])
+    (plain,) = score_records(model, tokenizer, [alias_record(prompt, word, aliases=False)])
+    assert (scores.rewrite.accuracy, scores.rewrite.exact, scores.rewrite.alias) == (1.0, True, 2)
+    assert (scores.rephrase[0].accuracy, scores.portability[0].alias, scores.locality[0].accuracy) == (
+        1.0,
+        1,
+        1.0,
+    )
+    assert plain.rewrite.accuracy == pytest.approx(reference_accuracy(model, tokenizer, prompt, WRONG))
+    assert not plain.rewrite.exact and plain.locality[0].accuracy < 1.0
+    # Predictions and distributions stay those of the answer itself, whichever alias scores best, so
+    # locality compares the same tokens before and after an edit.
+    assert torch.equal(scores.locality[0].predictions, plain.locality[0].predictions)
+    torch.testing.assert_close(scores.locality[0].log_probs, plain.locality[0].log_probs)
+    row = evaluate_edit(model, model, tokenizer, [alias_record(prompt, word)]).rows[0]
+    assert (
+        row["rewrite_acc"] == row["rephrase_acc"] == row["portability_acc"] == row["pre_rewrite_acc"] == 1.0
+    )
+
+
+def test_aliases_count_before_and_after_an_edit(tiny_model):
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    prompt, word = predicted_word(model, tokenizer)
+    record = alias_record(prompt, word)
+    after_model = edited_copy(model, NoiseEditor(scale=2.0).edit(model, tokenizer, [record]))
+    row = evaluate_edit(model, after_model, tokenizer, [record]).rows[0]
+
+    def best(scored_model, answers) -> float:
+        return max(reference_accuracy(scored_model, tokenizer, prompt, answer) for answer in answers)
+
+    assert row["rewrite_acc"] == pytest.approx(best(after_model, record.targets))
+    (probe,) = record.locality
+    assert row["locality_drawdown"] == pytest.approx(
+        best(model, probe.answers) - best(after_model, probe.answers)
+    )
+
+
+def test_alias_sequences_share_forward_passes(tiny_llama):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    records = [alias_record("The capital of France is", "Paris"), *RECORDS]
+    # The alias record: rewrite and rephrase against 3 answers each, portability 2, locality 3; then
+    # RECORDS' queries, one answer each (5, 3 and 1).
+    sequences = 3 + 3 + 2 + 3 + 5 + 3 + 1
+    calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        batched = score_records(model, tokenizer, records, batch_size=4)
+    finally:
+        handle.remove()
+    assert len(calls) == math.ceil(sequences / 4)
+    single = score_records(model, tokenizer, records, batch_size=1)
+    assert [s.rewrite.accuracy for s in batched] == [s.rewrite.accuracy for s in single]
+    assert [s.rewrite.alias for s in batched] == [s.rewrite.alias for s in single]
+
+
+def test_single_edits_apply_an_edit_group_together(tiny_model):
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    first = dataclasses.replace(RECORDS[0], record_id="case-0", edit_group="case")
+    second = dataclasses.replace(RECORDS[1], record_id="case-1", edit_group="case")
+    records = [first, RECORDS[2], second]  # a group need not be contiguous
+    editor = NoiseEditor()
+    progress = []
+    evaluation = run_single_edits(
+        editor, model, tokenizer, records, batch_size=1, on_progress=lambda done, total: progress.append(done)
+    )
+    assert editor.calls == [["case-0", "case-1"], ["bare"]]  # the group is one edit, never split
+    assert [row["record_id"] for row in evaluation.rows] == ["case-0", "bare", "case-1"]
+    assert progress == [1, 2, 3]
+    assert fingerprint(model) == tiny_model.fingerprint
+    together = edited_copy(model, editor.edit(model, tokenizer, [first, second]))
+    expected = evaluate_edit(model, together, tokenizer, [first, second])
+    for row, expected_row in zip([evaluation.rows[0], evaluation.rows[2]], expected.rows, strict=True):
+        assert row["rewrite_acc"] == pytest.approx(expected_row["rewrite_acc"])
+        assert row["locality_unchanged"] == pytest.approx(expected_row["locality_unchanged"])
+    assert evaluation.rows[0]["edit_seconds"] == evaluation.rows[2]["edit_seconds"]
