@@ -3,15 +3,15 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The benchmarks live beside the project; a checkout elsewhere on this machine finds them at /work.
-DATA_DIR ?= $(firstword $(wildcard ../shared/data) /work/shared/data)
+# The public editing benchmarks live beside the project (../shared/data); MEND_DATA_DIR moves them.
+DATA_DIR ?= $(or $(MEND_DATA_DIR),../shared/data)
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export MEND_DATA_DIR ?= $(abspath $(DATA_DIR))
 
-.PHONY: setup model lint test test-fast run eval-baseline benchmark clean
+.PHONY: setup model lint test test-fast run run-night2 eval-baseline benchmark bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ eval-baseline: model
 
 benchmark: model
 	$(BIN)/python -m benchmarks.run
+
+# Many edits at once and night after night (trains the benchmark editors first, 60 CPU minutes each).
+bench-scale: model
+	$(BIN)/python -m benchmarks.scale --tag $(or $(TAG),cpu)
+
+# The demo's second night: other questions, on top of night one's promoted candidate.
+run-night2: model
+	$(BIN)/mend demo --night 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -26,7 +26,7 @@ from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
-from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update
+from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
 from editing.mend.editor_net import MendNetwork
 from editing.mend.protected import ProtectedKeys
 from editing.mend.rows import EditRows, concat_rows
@@ -175,12 +175,14 @@ class MendEditor:
         return rows
 
     def solver(self, name: str) -> SolverSettings:
-        """The least-squares settings of one edited weight: learned weights and its protected moment."""
-        ridge_scale, protect = self.network.solver_weights(name)
-        moment = self.protected.second_moments[name]
-        return SolverSettings(
-            float(ridge_scale) * self.protected.mean_eigenvalue(name), float(protect), moment
-        )
+        """The least-squares settings of one edited weight: learned weights, protected moment, prior."""
+        if name not in self._solvers:
+            ridge_scale, protect = self.network.solver_weights(name)
+            moment = self.protected.second_moments[name]
+            ridge = float(ridge_scale) * self.protected.mean_eigenvalue(name)
+            prior = prior_factor(ridge, float(protect), moment, moment.shape[0])
+            self._solvers[name] = SolverSettings(ridge, float(protect), moment, prior)
+        return self._solvers[name]
 
     @torch.no_grad()
     def aggregate(self, rows: EditRows, *, aggregation: Aggregation | None = None) -> EditResult:

@@ -217,3 +217,13 @@ def test_with_network_keys_one_row_is_the_papers_rank_one_update():
     solved = least_squares_update(u_tilde, shifts, Orientation.OUT_IN, ridge=1e-6)
     expected = sum_update(pseudo_keys, delta_tilde, Orientation.OUT_IN)
     torch.testing.assert_close(solved, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_an_editor_factorises_each_weights_prior_once(tiny_llama):
+    editor = _ls_editor(tiny_llama)
+    name = editor.scope.weight_names[0]
+    first = editor.solver(name)
+    assert first is editor.solver(name) and first.prior is not None
+    moment = tiny_protected(tiny_llama).second_moments[name]
+    expected = prior_factor(first.ridge, first.protect, moment, moment.shape[0])
+    torch.testing.assert_close(first.prior, expected)
