@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The public editing benchmarks live beside the project (../shared/data); MEND_DATA_DIR moves them.
-DATA_DIR ?= $(or $(MEND_DATA_DIR),../shared/data)
+# Simply expanded (:=) so that the environment's MEND_DATA_DIR is read once, before it is exported back.
+DATA_DIR := $(abspath $(or $(MEND_DATA_DIR),../shared/data))
+export MEND_DATA_DIR := $(DATA_DIR)
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
-export MEND_DATA_DIR ?= $(abspath $(DATA_DIR))
 
 .PHONY: setup model lint test test-fast run run-night2 eval-baseline benchmark bench-scale clean
 
