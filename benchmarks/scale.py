@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--editors", default="mend-ls,mend-sum,ft-kl,ft-kl-stacked")
-    parser.add_argument("--train-minutes", type=float, default=60.0, help="budget per MEND editor trained")
+    parser.add_argument(
+        "--train-minutes", type=float, default=10.0, help="budget per MEND editor (the fix run's default)"
+    )
     parser.add_argument("--sizes", type=_numbers, default=_numbers("1,16,64,256,1024"))
     parser.add_argument(
         "--coverage", type=int, default=256, help="edits scored per batch size (at least one batch)"

@@ -177,7 +177,7 @@ class MendEditor:
     def solver(self, name: str) -> SolverSettings:
         """The least-squares settings of one edited weight: learned weights, protected moment, prior."""
         if name not in self._solvers:
-            ridge_scale, protect = self.network.solver_weights(name)
+            ridge_scale, protect = (weight.detach() for weight in self.network.solver_weights(name))
             moment = self.protected.second_moments[name]
             ridge = float(ridge_scale) * self.protected.mean_eigenvalue(name)
             prior = prior_factor(ridge, float(protect), moment, moment.shape[0])
