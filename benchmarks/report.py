@@ -109,12 +109,12 @@ def write_scale(result: dict[str, Any], out: Path, tag: str) -> None:
              "answer tokens left unchanged; perplexity change on ME-PPL_1k texts.", ""]  # fmt: skip
     for data_set in dict.fromkeys(row.get("data", "") for row in rows):
         lines += [f"## {data_set}", "", "| editor | aggregation | mode | edits | rewrite | rephrase | locality | "
-                  "perplexity | seconds | subset |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "perplexity | seconds | scored | subset |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in (r for r in rows if r.get("data", "") == data_set):
             lines.append(
                 f"| {row['editor']} | {row['aggregation']} | {row['mode']} | {row['edits']} | "
                 + " | ".join(_cell(row, metric) for metric in SCALE_METRICS)
-                + f" | {row['seconds']:.1f} | {row.get('subset', '')} |"
+                + f" | {row['seconds']:.1f} | {row.get('records_scored', '')} | {row.get('subset', '')} |"
             )
         lines.append("")
     (out / f"scale-{tag}.md").write_text("\n".join(lines) + "\n")

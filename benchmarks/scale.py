@@ -90,11 +90,24 @@ def summarise(rows: list[dict], **cell: Any) -> dict[str, Any]:
     return row
 
 
+def sample(records: Sequence[EditRecord], limit: int) -> list[EditRecord]:
+    """At most ``limit`` records, evenly spaced: a large batch or ledger is scored on a sample for CPU."""
+    if len(records) <= limit:
+        return list(records)
+    return (
+        [records[round(i * (len(records) - 1) / (limit - 1))] for i in range(limit)]
+        if limit > 1
+        else [records[0]]
+    )
+
+
 def batch_cells(
-    bench: Bench, name: str, aggregation: str, edit: Callable, records, coverage: dict, ppl_batches
-):
+    bench: Bench, name: str, aggregation: str, edit: Callable, records, coverage: dict, ppl_batches,
+    score_limit: int,
+):  # fmt: skip
     """One row per size in ``coverage`` (size -> edits to score): ``max(1, edits // size)`` disjoint
-    batches, each edited at once, scored and undone."""
+    batches, each edited at once, then (a sample of at most ``score_limit`` of) its edits scored and
+    the edit undone."""
     rows = []
     for size, edits in coverage.items():
         if size > len(records):
@@ -109,7 +122,7 @@ def batch_cells(
             result: EditResult = edit(batch)
             seconds.append(time.perf_counter() - started)
             with result.applied(bench.loaded.model):
-                evaluation = bench.evaluate(batch, with_perplexity=index < ppl_batches)
+                evaluation = bench.evaluate(sample(batch, score_limit), with_perplexity=index < ppl_batches)
             scored += evaluation["rows"]
             ppl += [evaluation["ppl_change"]] if "ppl_change" in evaluation else []
         rows.append(summarise(scored, editor=name, aggregation=aggregation, mode="batch", edits=size,
@@ -120,10 +133,10 @@ def batch_cells(
 
 
 def accumulated_cells(
-    bench: Bench, name: str, aggregation: str, nightly: Callable, records, checkpoints, night
+    bench: Bench, name: str, aggregation: str, nightly: Callable, records, checkpoints, night, score_limit
 ):
-    """Nights of ``night`` edits; at each checkpoint N the model holding all N edits is evaluated on all
-    of them. ``nightly(records_of_night)`` keeps the night's edit and returns a callable that builds the
+    """Nights of ``night`` edits; at each checkpoint N the model holding all N edits is evaluated on
+    (an evenly spaced sample of at most ``score_limit`` of) them. ``nightly(records_of_night)`` keeps the night's edit and returns a callable that builds the
     current model as an ``EditResult`` on the base (MEND) or None when the edit was applied in place."""
     rows, done, seconds = [], 0, 0.0
     for checkpoint in sorted(checkpoints):
@@ -136,13 +149,15 @@ def accumulated_cells(
         started = time.perf_counter()
         result = build() if build is not None else None
         solve_seconds = time.perf_counter() - started
+        scored = sample(records[:done], score_limit)
         if result is None:
-            evaluation = bench.evaluate(records[:done], with_perplexity=True)
+            evaluation = bench.evaluate(scored, with_perplexity=True)
         else:
             with result.applied(bench.loaded.model):
-                evaluation = bench.evaluate(records[:done], with_perplexity=True)
+                evaluation = bench.evaluate(scored, with_perplexity=True)
         rows.append(summarise(evaluation["rows"], editor=name, aggregation=aggregation, mode="accumulated",
-                              edits=done, night_size=night, ppl_change=evaluation["ppl_change"],
+                              edits=done, records_scored=len(scored), night_size=night,
+                              ppl_change=evaluation["ppl_change"],
                               seconds=seconds + solve_seconds, solve_seconds=solve_seconds))  # fmt: skip
         LOGGER.info("%s", {k: v for k, v in rows[-1].items() if not k.endswith("ci95")})
     return rows
@@ -188,20 +203,21 @@ def run_editor(bench: Bench, args, name: str, records_by_set: dict[str, list[Edi
         editor = build_editor("mend", loaded, editor_path=args.work / name)
         for data_set, records in records_by_set.items():
             edit = lambda batch: editor.edit(loaded.model, loaded.tokenizer, batch)  # noqa: E731
-            cells = batch_cells(
-                bench, name, aggregation, edit, records, _coverage(args, args.sizes), args.ppl_batches
-            )
+            cells = batch_cells(bench, name, aggregation, edit, records, _coverage(args, args.sizes),
+                                args.ppl_batches, args.score_limit)  # fmt: skip
             rows += [{**cell, "data": data_set} for cell in cells]
         nightly = mend_nightly(editor, loaded, aggregation)
         rows += [{**c, "data": "counterfact"} for c in accumulated_cells(
-            bench, name, aggregation, nightly, counterfact, args.accumulated, args.night)]  # fmt: skip
+            bench, name, aggregation, nightly, counterfact, args.accumulated, args.night, args.score_limit)]  # fmt: skip
         return rows
     editor = build_editor("ft-kl", loaded, kl_reference=_kl_reference(args.data_dir))
     if name == "ft-kl":
         sizes = [size for size in args.sizes if size <= args.ft_max_batch]
         edit = lambda batch: editor.edit(loaded.model, loaded.tokenizer, batch)  # noqa: E731
         coverage = {size: args.ft_coverage for size in sizes}
-        cells = batch_cells(bench, name, "fine-tuning", edit, counterfact, coverage, args.ppl_batches)
+        cells = batch_cells(
+            bench, name, "fine-tuning", edit, counterfact, coverage, args.ppl_batches, args.score_limit
+        )
         return [
             {**cell, "data": "counterfact", "subset": f"batch sizes up to {args.ft_max_batch}"}
             for cell in cells
@@ -210,7 +226,7 @@ def run_editor(bench: Bench, args, name: str, records_by_set: dict[str, list[Edi
     try:
         checkpoints = [c for c in args.accumulated if c <= args.ft_max_accumulated]
         cells = accumulated_cells(bench, name, "fine-tuning", stacked_nightly(editor, loaded), counterfact,
-                                  checkpoints, args.night)  # fmt: skip
+                                  checkpoints, args.night, args.score_limit)  # fmt: skip
     finally:
         with torch.no_grad():
             for n, p in loaded.model.named_parameters():
@@ -247,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--single-records", type=int, default=500, help="records edited one at a time (size 1)"
     )
+    parser.add_argument(
+        "--score-limit", type=int, default=1024, help="edits scored per batch or ledger (an even sample)"
+    )
     parser.add_argument("--accumulated", type=_numbers, default=_numbers("10,100,1000"))
     parser.add_argument("--night", type=int, default=20)
     parser.add_argument("--data-sets", default="counterfact,zsre")
@@ -260,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     from benchmarks.run import _machine
     from editing.core.models import load_model
 

@@ -97,7 +97,9 @@ def apply_edits(
     model, tokenizer = champion.loaded.model, champion.loaded.tokenizer
     manifest, ledger_ids = None, [*champion.metadata.ledger_flag_ids, *flag_ids]
     if settings.editor == "mend":
-        editor = build_editor("mend", _restore_base(champion), editor_path=editor_dir)
+        editor = build_editor("mend", _restore_base(champion), editor_path=editor_dir).with_multipliers(
+            ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier
+        )
         result, manifest, ledger_ids = _ledger_edit(
             settings, champion, editor, records, run_id, editor_uri, workspace
         )

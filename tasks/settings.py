@@ -51,6 +51,9 @@ class FixSettings:
     # of related edits needs more weight on leaving other prompts alone (see README).
     editor_locality_weight: float
     editor_general_text_weight: float
+    # Edit-time scaling of the editor's learned ridge and protection (benchmarks/solver_sweep.py).
+    edit_ridge_multiplier: float
+    edit_protect_multiplier: float
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
     # whose facts the model answers right (editing.data.protected_sources).
@@ -77,10 +80,11 @@ class FixSettings:
             "locality_per_edit",
             "protected_texts",
             "protected_facts",
+            "edit_ridge_multiplier",
         ):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("editor_locality_weight", "editor_general_text_weight"):
+        for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.editor_aggregation not in AGGREGATIONS:
@@ -110,6 +114,8 @@ class FixSettings:
             "editor_same_relation": _number("MEND_EDITOR_SAME_RELATION", 0.5),
             "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 1.0),
             "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 0.0),
+            "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
+            "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

@@ -120,13 +120,32 @@ class MendEditor:
 
     name = "mend"
 
-    def __init__(self, network: MendNetwork, scope: EditScope, protected: ProtectedKeys | None = None):
+    def __init__(
+        self,
+        network: MendNetwork,
+        scope: EditScope,
+        protected: ProtectedKeys | None = None,
+        *,
+        ridge_multiplier: float = 1.0,
+        protect_multiplier: float = 1.0,
+    ):
         if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
+        if ridge_multiplier <= 0 or protect_multiplier < 0:
+            raise ValueError(f"solver multipliers must be positive, got {ridge_multiplier}, {protect_multiplier}")
         self.network, self.scope, self.protected = network, scope, protected
+        # Edit-time scaling of the learned ridge and protection weights (1 = as trained): more of either
+        # trades edit strength for locality in a large batch, where training saw at most its largest group.
+        self.ridge_multiplier, self.protect_multiplier = ridge_multiplier, protect_multiplier
         # Per weight, the solver settings with the factorised prior: they depend only on the (frozen)
         # network and the protected keys, so they are computed on first use and kept.
         self._solvers: dict[str, SolverSettings] = {}
+
+    def with_multipliers(self, *, ridge: float = 1.0, protect: float = 1.0) -> MendEditor:
+        """The same trained network with the learned ridge and protection scaled at edit time."""
+        return MendEditor(
+            self.network, self.scope, self.protected, ridge_multiplier=ridge, protect_multiplier=protect
+        )
 
     @property
     def aggregation(self) -> Aggregation:
@@ -179,9 +198,10 @@ class MendEditor:
         if name not in self._solvers:
             ridge_scale, protect = (weight.detach() for weight in self.network.solver_weights(name))
             moment = self.protected.second_moments[name]
-            ridge = float(ridge_scale) * self.protected.mean_eigenvalue(name)
-            prior = prior_factor(ridge, float(protect), moment, moment.shape[0])
-            self._solvers[name] = SolverSettings(ridge, float(protect), moment, prior)
+            ridge = float(ridge_scale) * self.ridge_multiplier * self.protected.mean_eigenvalue(name)
+            protect = float(protect) * self.protect_multiplier
+            prior = prior_factor(ridge, protect, moment, moment.shape[0])
+            self._solvers[name] = SolverSettings(ridge, protect, moment, prior)
         return self._solvers[name]
 
     @torch.no_grad()

@@ -227,3 +227,24 @@ def test_an_editor_factorises_each_weights_prior_once(tiny_llama):
     moment = tiny_protected(tiny_llama).second_moments[name]
     expected = prior_factor(first.ridge, first.protect, moment, moment.shape[0])
     torch.testing.assert_close(first.prior, expected)
+
+
+def test_edit_time_multipliers_scale_the_learned_solver_and_protection_quietens_protected_keys(tiny_llama):
+    editor = _ls_editor(tiny_llama)
+    name = editor.scope.weight_names[0]
+    protected = editor.with_multipliers(protect=1e4)
+    assert protected.network is editor.network and protected.solver(name).protect == pytest.approx(
+        1e4 * editor.solver(name).protect
+    )
+    assert editor.with_multipliers(ridge=3.0).solver(name).ridge == pytest.approx(3 * editor.solver(name).ridge)
+    rows = editor.edit_rows(tiny_llama.model, tiny_llama.tokenizer, RECORDS)
+    moment = tiny_protected(tiny_llama).second_moments[name].double()
+
+    def energy_on_protected(result) -> float:  # E_p ||S k_p||^2 = trace(S C S^T)
+        update = result.deltas[name].double()
+        update = update if update.shape[1] == moment.shape[0] else update.transpose(0, 1)
+        return float(torch.trace(update @ moment @ update.transpose(0, 1)))
+
+    assert energy_on_protected(protected.aggregate(rows)) < 0.5 * energy_on_protected(editor.aggregate(rows))
+    with pytest.raises(ValueError, match="multipliers"):
+        editor.with_multipliers(ridge=0.0)

@@ -17,3 +17,13 @@ def test_group_sizes_and_aggregation_are_parsed_and_checked(monkeypatch):
         FixSettings.from_env(editor_aggregation="average")
     with pytest.raises(SettingsError, match="MEND_EDITOR_SAME_RELATION"):
         FixSettings.from_env(editor_same_relation=1.5)
+
+
+def test_edit_time_solver_multipliers_are_read_and_must_be_usable(monkeypatch):
+    monkeypatch.setenv("MEND_EDIT_PROTECT_MULTIPLIER", "64")
+    settings = FixSettings.from_env()
+    assert settings.edit_protect_multiplier == 64 and settings.edit_ridge_multiplier > 0
+    with pytest.raises(SettingsError, match="edit_ridge_multiplier"):
+        FixSettings.from_env(edit_ridge_multiplier=0.0)
+    with pytest.raises(SettingsError, match="edit_protect_multiplier"):
+        FixSettings.from_env(edit_protect_multiplier=float("nan"))

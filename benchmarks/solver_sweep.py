@@ -1,0 +1,124 @@
+"""How edit-time ridge and protection trade edit strength for locality, on edits no benchmark scores.
+
+``python -m benchmarks.solver_sweep --tag cpu`` edits batches of CounterFact *train* records that the
+editor never trained on (records after its first ``train_records``; neither the gate nor ``bench-scale``
+scores CounterFact train), once per (ridge multiplier, protection multiplier) on the trained editor's
+learned weights. Each batch's rows are computed once and re-solved per setting, so the sweep costs one
+scoring pass per setting. Writes ``benchmarks/results/solver-sweep-<tag>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.editors import RECIPES, TRAIN_FILE, train_or_reuse
+from benchmarks.scale import PPL_TEXTS, Bench, summarise
+from editing.data.records import read_records, read_texts
+from editing.evaluation.evaluate import perplexity
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LOGGER = logging.getLogger("benchmarks.solver_sweep")
+
+
+def _grid(text: str) -> list[tuple[float, float]]:
+    """``"1x1,1x16"`` -> [(ridge, protect), ...]."""
+    return [tuple(float(x) for x in cell.split("x")) for cell in text.split(",") if cell]  # type: ignore[misc]
+
+
+def sweep(bench: Bench, editor, records, batch_size: int, grid, ppl_batches: int) -> list[dict]:
+    """One row per (ridge, protect) multiplier pair over disjoint batches of ``batch_size`` records."""
+    loaded = bench.loaded
+    batches = [records[i : i + batch_size] for i in range(0, len(records) - batch_size + 1, batch_size)]
+    batch_rows = [editor.edit_rows(loaded.model, loaded.tokenizer, batch) for batch in batches]
+    device = next(loaded.model.parameters()).device
+    rows = []
+    for ridge, protect in grid:
+        scaled = editor.with_multipliers(ridge=ridge, protect=protect)
+        scored, ppl, seconds = [], [], []
+        for index, (batch, edit_rows) in enumerate(zip(batches, batch_rows, strict=True)):
+            started = time.perf_counter()
+            result = scaled.aggregate(edit_rows).to(device)
+            seconds.append(time.perf_counter() - started)
+            with result.applied(loaded.model):
+                evaluation = bench.evaluate(batch, with_perplexity=index < ppl_batches)
+            scored += evaluation["rows"]
+            ppl += [evaluation["ppl_change"]] if "ppl_change" in evaluation else []
+        rows.append(summarise(scored, ridge_multiplier=ridge, protect_multiplier=protect, edits=batch_size,
+                              batches=len(batches), ppl_change=sum(ppl) / max(1, len(ppl)),
+                              solve_seconds=sum(seconds) / len(seconds)))  # fmt: skip
+        LOGGER.info("%s", {k: v for k, v in rows[-1].items() if not k.endswith("ci95")})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Edit-time solver sweep ({result['device']}, {result['date']})",
+        "",
+        f"Editor `{result['recipe']}`; CounterFact train records {result['records']} (never trained on).",
+        "",
+        "| edits/batch | ridge x | protect x | rewrite | rephrase | locality | ppl change | solve s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['edits']} | {row['ridge_multiplier']:g} | {row['protect_multiplier']:g} | "
+            f"{row['rewrite']:.3f} | {row['rephrase']:.3f} | {row['locality']:.3f} | "
+            f"{row['ppl_change']:+.2%} | {row['solve_seconds']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--recipe", default="mend-ls")
+    parser.add_argument("--train-minutes", type=float, default=10.0)
+    parser.add_argument("--records", type=int, default=128, help="edits per setting")
+    parser.add_argument("--batch-sizes", default="16")
+    parser.add_argument("--grid", type=_grid, default=_grid("1x1,1x16,1x256,1x4096,16x1,16x256"))
+    parser.add_argument("--ppl-batches", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/work"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    from benchmarks.run import _machine
+    from editing.core.models import load_model
+    from editing.editors import build_editor
+
+    loaded = load_model("default", device=args.device)
+    recipe = RECIPES[args.recipe]
+    training = train_or_reuse(loaded, args.data_dir, args.work, recipe, args.train_minutes, args.device)
+    editor = build_editor("mend", loaded, editor_path=args.work / recipe.name)
+    first = recipe.train_records
+    records = read_records(args.data_dir / TRAIN_FILE, limit=first + args.records).records[first:]
+    bench = Bench(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=100))
+    bench.perplexity_before = perplexity(loaded.model, loaded.tokenizer, bench.texts)
+    rows = []
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        rows += sweep(bench, editor, records, size, args.grid, args.ppl_batches)
+    result = {"machine": _machine(args.device), "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "recipe": recipe.name, "training": training, "records": f"{first}..{first + len(records) - 1}",
+              "arguments": {k: str(v) for k, v in vars(args).items()}, "rows": rows}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"solver-sweep-{args.tag}.json").write_text(json.dumps(result, indent=2, default=float))
+    (args.out / f"solver-sweep-{args.tag}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
