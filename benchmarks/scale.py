@@ -67,8 +67,12 @@ class Bench:
         return [self.before[r.record_id] for r in records]
 
     def evaluate(self, records: Sequence[EditRecord], *, with_perplexity: bool) -> dict[str, Any]:
-        """Scores of the model as it is now (edited) against the unedited scores of ``records``."""
-        before = self.scores_before(records)
+        """Scores of the model as it is now (edited) against the unedited scores of ``records``, which
+        ``scores_before`` must have computed before the edit was applied."""
+        missing = [r.record_id for r in records if r.record_id not in self.before]
+        if missing:
+            raise RuntimeError(f"no unedited scores for {missing[:3]}: call scores_before before editing")
+        before = [self.before[r.record_id] for r in records]
         after = score_records(self.loaded.model, self.loaded.tokenizer, records)
         rows = [
             compare_scores(r, b, a, self.loaded.tokenizer)
@@ -118,6 +122,7 @@ def batch_cells(
         ]
         scored, seconds, ppl = [], [], []
         for index, batch in enumerate(batches):
+            bench.scores_before(sample(batch, score_limit))
             started = time.perf_counter()
             result: EditResult = edit(batch)
             seconds.append(time.perf_counter() - started)
@@ -136,8 +141,11 @@ def accumulated_cells(
     bench: Bench, name: str, aggregation: str, nightly: Callable, records, checkpoints, night, score_limit
 ):
     """Nights of ``night`` edits; at each checkpoint N the model holding all N edits is evaluated on
-    (an evenly spaced sample of at most ``score_limit`` of) them. ``nightly(records_of_night)`` keeps the night's edit and returns a callable that builds the
-    current model as an ``EditResult`` on the base (MEND) or None when the edit was applied in place."""
+    (an evenly spaced sample of at most ``score_limit`` of) them. ``nightly(records_of_night)`` keeps the
+    night's edit and returns a callable that builds the current model as an ``EditResult`` on the base
+    (MEND) or None when the edit was applied in place."""
+    for checkpoint in checkpoints:  # unedited scores first: a stacked editor changes the model in place
+        bench.scores_before(sample(records[:checkpoint], score_limit))
     rows, done, seconds = [], 0, 0.0
     for checkpoint in sorted(checkpoints):
         while done < checkpoint:

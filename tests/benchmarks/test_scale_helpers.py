@@ -1,0 +1,27 @@
+"""The scale benchmark's statistics and sampling, and its guard against scoring "before" on an edited model."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.scale import Bench, interval, sample
+from editing.data.records import EditRecord
+
+
+def test_interval_is_a_clipped_normal_interval_around_the_mean():
+    mean, low, high = interval([1.0, 0.0, 1.0, 1.0])
+    assert mean == pytest.approx(0.75) and 0.0 <= low < mean < high == 1.0
+    assert interval([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_sample_is_evenly_spaced_keeps_the_ends_and_never_repeats():
+    records = list(range(100))
+    chosen = sample(records, 5)
+    assert chosen[0] == 0 and chosen[-1] == 99 and len(set(chosen)) == 5
+    assert sample(records[:3], 5) == [0, 1, 2] and sample(records, 1) == [0]
+
+
+def test_evaluating_without_unedited_scores_is_refused():
+    bench = Bench(loaded=None, texts=[])
+    with pytest.raises(RuntimeError, match="scores_before"):
+        bench.evaluate([EditRecord("r1", "The capital of France is", "Rome")], with_perplexity=False)
