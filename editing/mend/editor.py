@@ -132,7 +132,9 @@ class MendEditor:
         if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
         if ridge_multiplier <= 0 or protect_multiplier < 0:
-            raise ValueError(f"solver multipliers must be positive, got {ridge_multiplier}, {protect_multiplier}")
+            raise ValueError(
+                f"solver multipliers must be positive, got {ridge_multiplier}, {protect_multiplier}"
+            )
         self.network, self.scope, self.protected = network, scope, protected
         # Edit-time scaling of the learned ridge and protection weights (1 = as trained): more of either
         # trades edit strength for locality in a large batch, where training saw at most its largest group.

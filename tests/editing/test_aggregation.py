@@ -236,7 +236,9 @@ def test_edit_time_multipliers_scale_the_learned_solver_and_protection_quietens_
     assert protected.network is editor.network and protected.solver(name).protect == pytest.approx(
         1e4 * editor.solver(name).protect
     )
-    assert editor.with_multipliers(ridge=3.0).solver(name).ridge == pytest.approx(3 * editor.solver(name).ridge)
+    assert editor.with_multipliers(ridge=3.0).solver(name).ridge == pytest.approx(
+        3 * editor.solver(name).ridge
+    )
     rows = editor.edit_rows(tiny_llama.model, tiny_llama.tokenizer, RECORDS)
     moment = tiny_protected(tiny_llama).second_moments[name].double()
 
