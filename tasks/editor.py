@@ -79,6 +79,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
         same_relation_fraction=settings.editor_same_relation, editor_lr=EDITOR_LR,
         locality_loss_weight=settings.editor_locality_weight,
         general_text_loss_weight=settings.editor_general_text_weight,
+        general_text_every=settings.editor_general_text_every,
     )  # fmt: skip
     editor_config = EditorConfig(aggregation=settings.editor_aggregation, **EDITOR_SETTINGS)
     protected = None

@@ -51,6 +51,7 @@ class FixSettings:
     # of related edits needs more weight on leaving other prompts alone (see README).
     editor_locality_weight: float
     editor_general_text_weight: float
+    editor_general_text_every: int  # the general-text term on every k-th step only (it costs a forward pass)
     # Edit-time scaling of the editor's learned ridge and protection (benchmarks/solver_sweep.py).
     edit_ridge_multiplier: float
     edit_protect_multiplier: float
@@ -81,6 +82,7 @@ class FixSettings:
             "protected_texts",
             "protected_facts",
             "edit_ridge_multiplier",
+            "editor_general_text_every",
         ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
@@ -112,8 +114,9 @@ class FixSettings:
             "editor_aggregation": environ.get("MEND_EDITOR_AGGREGATION", "least_squares"),
             "editor_group_sizes": environ.get("MEND_EDITOR_GROUP_SIZES", "1,2,4,8,16,32"),
             "editor_same_relation": _number("MEND_EDITOR_SAME_RELATION", 0.5),
-            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 1.0),
-            "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 0.0),
+            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 10.0),
+            "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 1.0),
+            "editor_general_text_every": int(_number("MEND_EDITOR_GENERAL_TEXT_EVERY", 4)),
             "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
             "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
             "data_dir": str(_default_data_dir()),
