@@ -14,6 +14,7 @@ from prefect import task
 from editing.data.records import read_records, read_texts
 from editing.evaluation.evaluate import evaluate_edit, perplexity
 from tasks.models import download_dir, load_version, scratch_dir, upload_dir
+from tasks.progress import Progress
 from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -63,6 +64,20 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
     ]
 
 
+def paraphrase_answers(after_model, tokenizer, records) -> dict[str, list[dict[str, Any]]]:
+    """Each edit's paraphrases with the candidate's greedy answer and whether it gives the correction:
+    what a reviewer reads next to the teacher-forced paraphrase score."""
+    from editing.core.generate import answer_matches, greedy_complete
+
+    pairs = [(record, prompt) for record in records for prompt in record.rephrase_prompts]
+    answers = greedy_complete(after_model, tokenizer, [prompt for _, prompt in pairs]) if pairs else []
+    found: dict[str, list[dict[str, Any]]] = {record.record_id: [] for record in records}
+    for (record, prompt), answer in zip(pairs, answers, strict=True):
+        correct = any(answer_matches(answer, target) for target in record.targets)
+        found[record.record_id].append({"prompt": prompt, "answer": answer, "correct": correct})
+    return found
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib
 
@@ -107,10 +122,14 @@ def evaluate_candidate(
     after = load_snapshot_model(download_dir(store, snapshot_prefix, workspace / "snapshot"))
     tokenizer = before.tokenizer
 
+    progress = Progress("evaluating the candidate", 5, unit="part", every_seconds=0.0)
+    progress.update(0, next="edits, paraphrases and locality")
     evaluation = evaluate_edit(before.model, after.model, tokenizer, records)
     rows = gate_rows(evaluation.rows)
+    progress.update(1, next="retention of promoted edits")
     texts = read_texts(settings.data_file(REFERENCE_TEXTS), limit=settings.reference_texts)
     retention = evaluate_edit(before.model, after.model, tokenizer, retained).aggregates if retained else {}
+    progress.update(2, next="perplexity on reference text")
     summary = {
         "perplexity_before": perplexity(before.model, tokenizer, texts),
         "perplexity_after": perplexity(after.model, tokenizer, texts),
@@ -119,13 +138,18 @@ def evaluate_candidate(
         "aggregates": evaluation.aggregates,
         "edits": len(records),
     }
+    progress.update(3, next="locality answers before and after")
     regressions = locality_regressions(before.model, after.model, tokenizer, records)
     summary["locality_regressions"] = len(regressions)
+    progress.update(4, next="paraphrase answers")
+    paraphrases = paraphrase_answers(after.model, tokenizer, records)
+    progress.finish()
 
     out = workspace / "evaluation"
     out.mkdir()
     (out / "per_edit.json").write_text(json.dumps(rows, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "paraphrases.json").write_text(json.dumps(paraphrases, indent=2))
     _write_csv(out / "locality_regressions.csv", regressions, ("edit", "prompt", "kind", "before", "after"))
     _write_csv(out / "per_edit.csv", rows, tuple(rows[0]) if rows else ("record_id",))
     _plots(rows, out)
