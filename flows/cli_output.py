@@ -156,11 +156,8 @@ def print_fix_summary(outcome) -> None:
     uri = configure_tracking(settings.tracking_uri)
     if summary and summary.candidate_version:
         console.print(f"registered {settings.registered_model} version {summary.candidate_version} as 'candidate'; "
+                      f"review it with: mend review --version {summary.candidate_version}; "
                       f"approve and promote with: mend promote --version {summary.candidate_version} --approve --approver YOU")  # fmt: skip
-    else:
-        console.print(
-            "nothing registered: the new flags are marked failed_gate with the failing expectations"
-        )
     run = summary.mlflow_run_id if summary else "(see the fix-run in experiment mend-fix)"
     console.print(f"MLflow: tracking {uri}, run {run}")
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}")
@@ -193,18 +190,3 @@ def _print_editor(settings, editor_uri: str) -> None:
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in counts.items())
-
-
-def print_status(settings) -> None:
-    from collections import Counter
-
-    from tasks.ledger import Ledger
-    from tasks.registry import champion_version
-
-    console.print(
-        f"champion: {settings.registered_model} version {champion_version(settings.registered_model, tracking_uri=settings.tracking_uri)}"
-    )
-    states = Ledger(settings.open_store()).states()
-    console.print(
-        "flags by state: " + (_counts(Counter(entry.state.value for entry in states.values())) or "none")
-    )

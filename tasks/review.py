@@ -195,3 +195,25 @@ def describe_task(settings: FixSettings, version: str, run_id: str) -> None:
 
     review = describe_version(settings, version, run_id)
     announce_awaiting_approval(settings, review, version)
+
+
+def load_review(settings: FixSettings, run_id: str) -> dict[str, Any] | None:
+    """The review logged to MLflow run ``run_id``, or None for a run without one (the base model's)."""
+    import json
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(settings.tracking_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{REVIEW_DIR}/{REVIEW_JSON}", dst_path=scratch
+            )
+        except (MlflowException, OSError) as error:
+            LOGGER.info("run %s has no review: %s", run_id, error)
+            return None
+        return json.loads(open(path, encoding="utf-8").read())
