@@ -18,7 +18,10 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GX_ANALYTICS_ENABLED": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a review or status reads one small file
+    # Library progress bars ("Loading weights", artifact downloads) would bury the pipeline's own lines.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's records go to the log file with everything else
     # The ephemeral Prefect API starts in a subprocess that, on a fresh install, first compiles its
     # imports and migrates a new database: on 2 cores that takes longer than Prefect's default 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

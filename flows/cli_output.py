@@ -144,23 +144,18 @@ def print_fix_summary(outcome) -> None:
                   f"(editor {settings.editor}{', ' + summary.editor_uri if summary and summary.editor_uri else ''})")  # fmt: skip
     if summary and summary.editor_uri:
         _print_editor(settings, summary.editor_uri)
-    table = Table(title=f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}")
-    for column in ("expectation", "result", "observed", "threshold"):
-        table.add_column(column)
-    for item in outcome.gate:
-        verdict = "pass" if item["passed"] else "FAIL"
-        if not item.get("applicable", True):
-            verdict = "n/a"
-        table.add_row(item["name"], verdict, _format(item.get("observed")), _format(item.get("threshold")))
-    console.print(table)
+    from flows.cli_review import gate_table
+
+    console.print(gate_table(outcome.gate, f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}"))
     uri = configure_tracking(settings.tracking_uri)
     if summary and summary.candidate_version:
         console.print(f"registered {settings.registered_model} version {summary.candidate_version} as 'candidate'; "
                       f"review it with: mend review --version {summary.candidate_version}; "
                       f"approve and promote with: mend promote --version {summary.candidate_version} --approve --approver YOU")  # fmt: skip
-    run = summary.mlflow_run_id if summary else "(see the fix-run in experiment mend-fix)"
-    console.print(f"MLflow: tracking {uri}, run {run}")
-    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}")
+    run = outcome.mlflow_run_id or "(see the fix-run in experiment mend-fix)"
+    console.print(f"MLflow: tracking {uri}, run {run}", soft_wrap=True)
+    if not uri.startswith(("http://", "https://")):
+        console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
 
 
 def _print_editor(settings, editor_uri: str) -> None:

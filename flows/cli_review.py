@@ -76,13 +76,23 @@ def print_gate_failed(outcome) -> None:
         "Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate."
     )
     console.print("Next steps:")
-    console.print(f"  - read the review: MLflow run {outcome.mlflow_run_id or '?'}, artifact review/review.html "
-                  "(every edit, and which unrelated answers changed)")  # fmt: skip
+    console.print(f"  - read the review (every edit, and which unrelated answers changed): {_review_url(outcome)}",
+                  soft_wrap=True)  # fmt: skip
     console.print(
         "  - retry those flags with another editor or settings: MEND_RETRY_FAILED_GATE=true "
         "MEND_EDITOR=ft-kl mend fix"
     )
     console.print("  - or relax a threshold on purpose: MEND_GATE_THRESHOLDS=thresholds.json (see README)")
+
+
+def _review_url(outcome) -> str:
+    from tasks.registry import registry_client
+    from tasks.review import artifact_route, ui_url
+
+    if not outcome.mlflow_run_id:
+        return "the fix run's artifact review/review.html in MLflow"
+    run = registry_client(outcome.settings.tracking_uri).get_run(outcome.mlflow_run_id)
+    return f"{ui_url(outcome.settings)}/#{artifact_route(run.info.experiment_id, outcome.mlflow_run_id)}"
 
 
 def _age(seconds: float | None) -> str:

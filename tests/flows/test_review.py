@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -81,20 +82,18 @@ def test_a_candidate_carries_its_review_page_and_the_terminal_shows_the_same(env
     assert sorted(logged) == ["review/review.html", "review/review.json"]
 
     page = client.download_artifacts(version.run_id, f"review/{REVIEW_HTML}")
-    html = open(page, encoding="utf-8").read()
+    html = Path(page).read_text(encoding="utf-8")
     assert "Gate PASSED" in html and 'id="edits"' in html and "reporter-0" in html
     assert "&lt;b&gt;capital&lt;/b&gt;" in html and "<b>capital</b>" not in html
     assert "<script" not in html and not re.search(r"""(src|href)=["']?https?:""", html)  # self-contained
     assert html.count("data:image/png;base64,") == 2 and len(html) < 400_000
 
     review = runner.invoke(app, ["review", "--version", "2"])
-    print(review.output)
     assert review.exit_code == 0, review.output
     for expected in ("version 2", "gate: PASSED", "Potter", "reporter-", "min_locality_unchanged",
                      f"version page: http://127.0.0.1:5000/#/models/{settings.registered_model}/versions/2"):  # fmt: skip
         assert expected in review.output, expected
     status = runner.invoke(app, ["status"])
-    print(status.output)
     assert status.exit_code == 0, status.output
     for expected in ("champion: version 1 (the base model", "candidate: version 2 (2 edits, gate passed, not approved)",
                      "candidate gate", "flags by state: applied 2", "waiting for approval: version 2"):  # fmt: skip
@@ -110,6 +109,7 @@ def test_a_failed_gate_prints_its_verdict_and_next_steps_without_a_traceback(env
     settings = env(thresholds=STRICT, editor="ft", notify_block="custom-webhook/mend-test-hook")
     _flags(settings, [("The capital of France is", "Rome")])
     result = CliRunner().invoke(app, ["fix"])
+
     assert result.exit_code == EXIT_GATE_FAILED, result.output
     for expected in ("gate: FAILED", "The gate FAILED", "Nothing was registered", "Next steps",
                      "review/review.html"):  # fmt: skip
