@@ -142,13 +142,14 @@ def description(review: dict[str, Any], version: str) -> str:
         f"**Gate {verdict}** for {review['summary']['edits']} edit(s) on champion version "
         f"{review.get('champion_version')}, editor `{review.get('editor_uri') or review.get('editor')}`.",
         "",
-        "| expectation | result | observed | threshold |",
-        "|---|---|---|---|",
     ]
+    # A list, not a table: the version page renders Markdown tables without borders or alignment.
     for item in gate.get("expectations", []):
-        result = "n/a" if not item.get("applicable", True) else ("pass" if item["passed"] else "FAIL")
-        lines.append(f"| {item['name']} | {result} | {_number(item.get('observed'))} | "
-                     f"{_number(item.get('threshold'))} |")  # fmt: skip
+        if item.get("threshold") is None and item["passed"]:
+            continue  # the evaluation table's data checks; the review page lists them
+        result = "n/a" if not item.get("applicable", True) else ("pass" if item["passed"] else "**FAIL**")
+        lines.append(f"- {item['name']}: {result}, observed {_number(item.get('observed'))}, "
+                     f"threshold {_number(item.get('threshold'))}")  # fmt: skip
     route = artifact_route(review["experiment_id"], review["mlflow_run_id"])
     lines += [
         "",
