@@ -39,16 +39,24 @@ def _gate(review: dict[str, Any]) -> str:
     gate = review["gate"]
     passed = gate.get("passed")
     verdict = {True: "Gate PASSED", False: "Gate FAILED", None: "Gate not run"}[passed]
-    rows = "".join(
+    expectations = gate.get("expectations", [])
+    # The thresholds (and anything failing) up front; the evaluation table's passed data checks folded.
+    shown = [item for item in expectations if item.get("threshold") is not None or not item["passed"]]
+    folded = [item for item in expectations if item not in shown]
+    header = "<tr><th>expectation</th><th>result</th><th>observed</th><th>threshold</th><th>why it matters</th></tr>"
+    table = f'<table id="gate">{header}{_gate_rows(shown)}</table>'
+    if folded:
+        table += (f"<details><summary class='small'>{len(folded)} data checks of the evaluation table, all "
+                  f"passed</summary><table>{header}{_gate_rows(folded)}</table></details>")  # fmt: skip
+    return f'<div id="verdict" class="verdict {"passed" if passed else "failed"}">{verdict}</div>{table}'
+
+
+def _gate_rows(items: list[dict[str, Any]]) -> str:
+    return "".join(
         f"<tr><td>{escape(item['name'])}</td><td>{_mark(item['passed'], item.get('applicable', True))}</td>"
         f'<td class="num">{_number(item.get("observed"))}</td><td class="num">{_number(item.get("threshold"))}'
         f'</td><td class="small">{escape(item.get("reason") or "")}</td></tr>'
-        for item in gate.get("expectations", [])
-    )
-    return (
-        f'<div id="verdict" class="verdict {"passed" if passed else "failed"}">{verdict}</div>'
-        '<table id="gate"><tr><th>expectation</th><th>result</th><th>observed</th><th>threshold</th>'
-        f"<th>why it matters</th></tr>{rows}</table>"
+        for item in items
     )
 
 
