@@ -152,6 +152,9 @@ def print_fix_summary(outcome) -> None:
         console.print(f"registered {settings.registered_model} version {summary.candidate_version} as 'candidate'; "
                       f"review it with: mend review --version {summary.candidate_version}; "
                       f"approve and promote with: mend promote --version {summary.candidate_version} --approve --approver YOU")  # fmt: skip
+        from tasks.review import version_page
+
+        console.print(f"version page: {version_page(settings, summary.candidate_version)}", soft_wrap=True)
     run = outcome.mlflow_run_id or "(see the fix-run in experiment mend-fix)"
     console.print(f"MLflow: tracking {uri}, run {run}", soft_wrap=True)
     if not uri.startswith(("http://", "https://")):

@@ -41,7 +41,7 @@ def browser():
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's own sandbox refuses to start.
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield launched.new_context(viewport={"width": 1440, "height": 1000})
+        yield launched.new_context(viewport={"width": 1440, "height": 1700})
         launched.close()
 
 
