@@ -155,6 +155,20 @@ def register(app: typer.Typer) -> None:
 
         print_status(pipeline_status(_settings()))
 
+    @app.command("notify-setup")
+    def notify_setup(
+        webhook: Annotated[str, typer.Option(help="URL that receives the notices (JSON: subject, text)")],
+        name: Annotated[str, typer.Option(help="name of the Prefect webhook block")] = "mend-notify",
+    ) -> None:
+        """Save a webhook block and the Prefect automations that post failed gates and candidates to approve."""
+        from tasks.notify import ensure_automations, save_webhook
+
+        _prefect_home()
+        block = save_webhook(name, webhook)
+        for automation in ensure_automations(block):
+            typer.echo(f"automation {automation!r} -> block {block}")
+        typer.echo(f"(for runs on an ephemeral Prefect API instead: export MEND_NOTIFY_BLOCK={block})")
+
     @app.command("review")
     def review(
         version: Annotated[str, typer.Option(help="registered model version (or alias) to review")],

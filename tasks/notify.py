@@ -1,11 +1,11 @@
 """Tell people when a fix run needs them: its gate failed, or its candidate waits for an approval.
 
-Two channels, both optional and both Prefect's own:
-
-* ``MEND_NOTIFY_BLOCK`` names a saved Prefect notification block as ``<block-type-slug>/<name>``
-  (``custom-webhook/mend-approvals``, ``slack-webhook/ml-team``, ...); the run calls its ``notify``.
-* Every such moment is also a Prefect event (``mend.gate.failed``, ``mend.candidate.awaiting-approval``),
-  so a Prefect automation can send the same block's notification, or do anything else, on the server side.
+Every such moment is a Prefect event (``mend.gate.failed``, ``mend.candidate.awaiting-approval``) whose
+payload holds the notice's subject and body, so a Prefect automation on the server sends it through a
+notification block (``ensure_automations``, ``mend notify-setup``): the way for deployments, whose server
+outlives the run. A run on an ephemeral Prefect API (``make run``) ends with its server, before any
+automation could act, so ``MEND_NOTIFY_BLOCK`` (``<block-type-slug>/<name>``, e.g.
+``custom-webhook/mend-approvals``) makes the run call the block's ``notify`` itself. Use one of the two.
 
 A notification that cannot be delivered is logged and dropped: the run's outcome is already recorded in
 the ledger and the registry, and a webhook outage must not turn a finished run into a failed one.
@@ -13,6 +13,7 @@ the ledger and the registry, and a webhook outage must not turn a finished run i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -54,6 +55,41 @@ def awaiting_approval_message(review: dict[str, Any], version: str, page: str) -
     return subject, body
 
 
+def save_webhook(name: str, url: str) -> str:
+    """Save a webhook notification block that posts ``{"subject", "text"}`` JSON; returns its reference."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(
+        name=name, url=url, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+    )
+    block.save(name, overwrite=True)
+    return f"custom-webhook/{name}"
+
+
+def ensure_automations(block: str) -> list[str]:
+    """Prefect automations that send ``block``'s notification on each of this module's events, with the
+    subject and body the run put in the event; made again when they exist (the block may have changed)."""
+    from prefect.automations import Automation
+    from prefect.blocks.core import Block
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    block_id = Block.load(block)._block_document_id
+    names = []
+    for event in (GATE_FAILED_EVENT, AWAITING_APPROVAL_EVENT):
+        name = f"mend: {event}"
+        with contextlib.suppress(ValueError):  # raised when there is none yet
+            Automation.read(name=name).delete()
+        Automation(
+            name=name,
+            trigger=EventTrigger(expect={event}, posture=Posture.Reactive, threshold=1),
+            actions=[SendNotification(block_document_id=block_id, subject="{{ event.payload.subject }}",
+                                      body="{{ event.payload.body }}")],
+        ).create()  # fmt: skip
+        names.append(name)
+    return names
+
+
 def _emit(event: str, review: dict[str, Any], payload: dict[str, Any]) -> None:
     from prefect.events import emit_event
 
@@ -84,13 +120,19 @@ def send(settings: FixSettings, subject: str, body: str) -> bool:
 
 
 def announce_gate_failed(settings: FixSettings, review: dict[str, Any]) -> bool:
-    _emit(GATE_FAILED_EVENT, review, {"failures": _failures(review)})
-    return send(settings, *gate_failed_message(review))
+    subject, body = gate_failed_message(review)
+    _emit(GATE_FAILED_EVENT, review, {"failures": _failures(review), "subject": subject, "body": body})
+    return send(settings, subject, body)
 
 
 def announce_awaiting_approval(settings: FixSettings, review: dict[str, Any], version: str) -> bool:
     from tasks.review import version_page
 
     page = version_page(settings, version)
-    _emit(AWAITING_APPROVAL_EVENT, review, {"version": version, "version_page": page})
-    return send(settings, *awaiting_approval_message(review, version, page))
+    subject, body = awaiting_approval_message(review, version, page)
+    _emit(
+        AWAITING_APPROVAL_EVENT,
+        review,
+        {"version": version, "version_page": page, "subject": subject, "body": body},
+    )
+    return send(settings, subject, body)

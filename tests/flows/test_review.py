@@ -132,3 +132,18 @@ def test_an_unexpected_failure_is_one_line_and_exits_non_zero(env, monkeypatch, 
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("mend: failed: SettingsError: editor 'no-such-editor'") and "Traceback" not in err
+
+
+def test_a_prefect_automation_sends_the_notice_through_the_webhook_block(env, webhook):
+    """Server side: the run only emits its event; the automation made by `mend notify-setup` posts it."""
+    from flows.cli import app
+
+    env(thresholds=STRICT, editor="ft")
+    setup = CliRunner().invoke(app, ["notify-setup", "--webhook", webhook.url, "--name", "mend-auto-hook"])
+    assert setup.exit_code == 0 and "mend: mend.gate.failed" in setup.output, setup.output
+    from tasks.notify import GATE_FAILED_EVENT, _emit
+
+    review = {"run_id": "r1", "model": "m", "mlflow_run_id": "x", "gate": {"expectations": []}}
+    _emit(GATE_FAILED_EVENT, review, {"subject": "mend: gate FAILED for fix run r1", "body": "min_x failed"})
+    assert webhook.arrived.wait(60), "the automation did not post within a minute"
+    assert webhook.bodies[-1] == {"subject": "mend: gate FAILED for fix run r1", "text": "min_x failed"}
