@@ -20,6 +20,7 @@ from tasks.evaluate import evaluate_task
 from tasks.extract import extract_task
 from tasks.gate import gate_task
 from tasks.models import ensure_base_task
+from tasks.progress import step_started
 from tasks.report import metrics_task, params_task, track_task
 from tasks.review import REVIEW_DIR, describe_task, review_task
 from tasks.settings import FixSettings
@@ -81,9 +82,14 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
             return summary
         dataset = assemble_task(settings, summary.run_id, extracted.flags_key, base.champion_version)
         if settings.editor == "mend":
-            summary.editor_uri = find_editor_task(settings, base.fingerprint) or train_editor_flow(
-                overrides=overrides
-            )
+            summary.editor_uri = find_editor_task(settings, base.fingerprint)
+            if summary.editor_uri is None:
+                step_started(f"no MEND editor for this base model yet: training one first "
+                             f"(budget {settings.editor_train_minutes:g} min)")  # fmt: skip
+                summary.editor_uri = train_editor_flow(overrides=overrides)
+        step_started(
+            f"applying {len(extracted.flag_ids)} edit(s) with the {settings.editor} editor as one update"
+        )
         snapshot = apply_task(
             settings,
             summary.run_id,

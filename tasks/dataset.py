@@ -111,21 +111,17 @@ def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edi
         edit_embeddings, corrections=[flag.correction for flag in flags], hard=hard,
         random=per_edit - hard, seed=0,
     )  # fmt: skip
-    return [
-        EditRecord(
-            record_id=flag.flag_id,
-            prompt=flag.prompt,
-            target_new=flag.correction,
-            subject=flag.subject,
-            rephrase_prompts=tuple(
-                equivalence_prompts(
-                    flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
-                )
-            ),
-            locality=tuple(probes),
+    progress = Progress("checking paraphrases of the flagged prompts", len(flags), unit="flags")
+    records = []
+    for flag, probes in zip(flags, locality, strict=True):
+        rephrases = equivalence_prompts(
+            flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
         )
-        for flag, probes in zip(flags, locality, strict=True)
-    ]
+        records.append(EditRecord(record_id=flag.flag_id, prompt=flag.prompt, target_new=flag.correction,
+                                  subject=flag.subject, rephrase_prompts=tuple(rephrases), locality=tuple(probes)))  # fmt: skip
+        progress.update(len(records))
+    progress.finish()
+    return records
 
 
 def assemble_dataset(

@@ -73,6 +73,12 @@ class Progress:
         self.logger.info(describe(payload), extra={RECORD_FIELD: payload})
 
 
+def step_started(text: str) -> None:
+    """Announce a step that reports nothing while it runs (one line, e.g. applying the edits)."""
+    payload = {"stage": text, "started": True}
+    logging.getLogger(PROGRESS_LOGGER).info(text, extra={RECORD_FIELD: payload})
+
+
 def describe(payload: dict[str, Any]) -> str:
     """One line: ``training the editor: step 120 of 900 · validation 0.81 · about 5 min left``."""
     done, total = payload["done"], payload["total"]
