@@ -46,21 +46,28 @@ def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:
     ]
 
 
-def route_logs(verbose: bool = False) -> Path:
-    """Send log records to the log file (and, unless ``verbose``, not to the terminal); show progress."""
-    from prefect import flow  # noqa: F401  (Prefect sets up its logging on this import; re-pointed below)
-
+def _log_to_file() -> tuple[Path, logging.Handler]:
+    """The root logger writes to this home's log file (replacing another home's, as in tests)."""
     path = log_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _FILE_HANDLER_MARK, False)]:
-        root.removeHandler(handler)  # a second command in one process (tests) logs to its own home
+        root.removeHandler(handler)
         handler.close()
     to_file = logging.FileHandler(path, encoding="utf-8")
     setattr(to_file, _FILE_HANDLER_MARK, True)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(to_file)
     root.setLevel(logging.INFO)
+    return path, to_file
+
+
+def route_logs(verbose: bool = False) -> Path:
+    """Send log records to the log file (and, unless ``verbose``, not to the terminal); show progress."""
+    from prefect import flow  # noqa: F401  (Prefect sets up its logging on this import; re-pointed below)
+
+    path, to_file = _log_to_file()
+    root = logging.getLogger()
     logging.captureWarnings(True)  # library warnings (transformers, torch) are log lines too
     if not verbose:
         loggers = [root, *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
@@ -87,6 +94,10 @@ def run_app(app: typer.Typer) -> None:
     try:
         app()
     except Exception as error:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+            root.removeHandler(handler)  # the traceback goes to the file only, even before route_logs ran
+        _log_to_file()
         logging.getLogger("mend").exception("mend %s failed", " ".join(sys.argv[1:]))
         typer.echo(f"mend: failed: {one_line(error)}", err=True)
         typer.echo(f"      the details and the traceback are in {log_file()}", err=True)
