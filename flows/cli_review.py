@@ -125,6 +125,11 @@ def print_status(status: dict[str, Any]) -> None:
         }
         console.print(f"last fix run: {run['name']} at {run['started']}, {run['status'].lower()}, "
                       f"{verdict[run['gate_passed']]}")  # fmt: skip
+        for item in run["gate"]:
+            if not item["passed"]:
+                console.print(
+                    f"  failed: {item['name']} {_format(item.get('observed'))} (needs {_format(item.get('threshold'))})"
+                )
     flags = status["flags"]
     states = ", ".join(f"{name} {count}" for name, count in sorted(flags["by_state"].items())) or "none"
     console.print(f"flags by state: {states}")

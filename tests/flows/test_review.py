@@ -118,7 +118,8 @@ def test_a_failed_gate_prints_its_verdict_and_next_steps_without_a_traceback(env
     assert webhook.arrived.wait(10)
     assert "gate FAILED" in webhook.bodies[-1]["subject"] and "min_" in webhook.bodies[-1]["body"]
     status = CliRunner().invoke(app, ["status"])
-    assert "gate FAILED" in status.output and "failed_gate 1" in status.output, status.output
+    assert "gate FAILED" in status.output and "  failed: min_" in status.output, status.output
+    assert "failed_gate 1" in status.output, status.output
 
 
 def test_an_unexpected_failure_is_one_line_and_exits_non_zero(env, monkeypatch, capsys):
