@@ -72,17 +72,16 @@ def print_gate_failed(outcome) -> None:
     console.print(f"[bold red]The gate FAILED[/] on {len(failures)} expectation(s): "
                   + "; ".join(f"{item['name']} {_format(item.get('observed'))} (needs {_format(item.get('threshold'))})"
                               for item in failures))  # fmt: skip
-    console.print(
-        "Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate."
-    )
+    console.print("Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate.",
+                  soft_wrap=True)  # fmt: skip
     console.print("Next steps:")
     console.print(f"  - read the review (every edit, and which unrelated answers changed): {_review_url(outcome)}",
                   soft_wrap=True)  # fmt: skip
-    console.print(
-        "  - retry those flags with another editor or settings: MEND_RETRY_FAILED_GATE=true "
-        "MEND_EDITOR=ft-kl mend fix"
-    )
-    console.print("  - or relax a threshold on purpose: MEND_GATE_THRESHOLDS=thresholds.json (see README)")
+    other = "ft-kl" if outcome.settings.editor != "ft-kl" else "mend"
+    console.print("  - retry those flags with another editor or settings: MEND_RETRY_FAILED_GATE=true "
+                  f"MEND_EDITOR={other} mend fix", soft_wrap=True)  # fmt: skip
+    console.print("  - or relax a threshold on purpose: MEND_GATE_THRESHOLDS=thresholds.json (see README)",
+                  soft_wrap=True)  # fmt: skip
 
 
 def _review_url(outcome) -> str:
