@@ -51,7 +51,7 @@ def print_review(review: dict[str, Any], version: str, page: str, review_page: s
         paraphrases = row.get("paraphrases", [])
         right = sum(1 for item in paraphrases if item["correct"])
         flag = row.get("flag") or {}
-        table.add_row(row["prompt"], row.get("prediction_before", ""), row.get("prediction_after", ""),
+        table.add_row(row["prompt"], row.get("answer_before", ""), row.get("answer_after", ""),
                       _format(row.get("edit_success")), f"{right}/{len(paraphrases)} answer right" if paraphrases else "-",
                       _format(row.get("locality_unchanged")), f"{flag.get('reporter') or '?'} {str(flag.get('flagged_at') or '')[:10]}")  # fmt: skip
     console.print(table)

@@ -64,17 +64,28 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
     ]
 
 
-def paraphrase_answers(after_model, tokenizer, records) -> dict[str, list[dict[str, Any]]]:
-    """Each edit's paraphrases with the candidate's greedy answer and whether it gives the correction:
-    what a reviewer reads next to the teacher-forced paraphrase score."""
+def greedy_answers(before_model, after_model, tokenizer, records) -> dict[str, dict[str, Any]]:
+    """What a reviewer reads next to the teacher-forced scores: each edit prompt's greedy answer before and
+    after, and each paraphrase's answer after, with whether it gives the correction (or an alias)."""
     from editing.core.generate import answer_matches, greedy_complete
 
+    def gives(answer: str, record) -> bool:
+        return any(answer_matches(answer, target) for target in record.targets)
+
+    prompts = [record.prompt for record in records]
     pairs = [(record, prompt) for record in records for prompt in record.rephrase_prompts]
-    answers = greedy_complete(after_model, tokenizer, [prompt for _, prompt in pairs]) if pairs else []
-    found: dict[str, list[dict[str, Any]]] = {record.record_id: [] for record in records}
-    for (record, prompt), answer in zip(pairs, answers, strict=True):
-        correct = any(answer_matches(answer, target) for target in record.targets)
-        found[record.record_id].append({"prompt": prompt, "answer": answer, "correct": correct})
+    before = greedy_complete(before_model, tokenizer, prompts) if prompts else []
+    after = (
+        greedy_complete(after_model, tokenizer, prompts + [prompt for _, prompt in pairs]) if prompts else []
+    )
+    found = {
+        record.record_id: {"before": old, "after": new, "correct": gives(new, record), "paraphrases": []}
+        for record, old, new in zip(records, before, after[: len(prompts)], strict=True)
+    }
+    for (record, prompt), answer in zip(pairs, after[len(prompts) :], strict=True):
+        found[record.record_id]["paraphrases"].append(
+            {"prompt": prompt, "answer": answer, "correct": gives(answer, record)}
+        )
     return found
 
 
@@ -141,15 +152,15 @@ def evaluate_candidate(
     progress.update(3, next="locality answers before and after")
     regressions = locality_regressions(before.model, after.model, tokenizer, records)
     summary["locality_regressions"] = len(regressions)
-    progress.update(4, next="paraphrase answers")
-    paraphrases = paraphrase_answers(after.model, tokenizer, records)
+    progress.update(4, next="greedy answers to the prompts and paraphrases")
+    answers = greedy_answers(before.model, after.model, tokenizer, records)
     progress.finish()
 
     out = workspace / "evaluation"
     out.mkdir()
     (out / "per_edit.json").write_text(json.dumps(rows, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    (out / "paraphrases.json").write_text(json.dumps(paraphrases, indent=2))
+    (out / "answers.json").write_text(json.dumps(answers, indent=2))
     _write_csv(out / "locality_regressions.csv", regressions, ("edit", "prompt", "kind", "before", "after"))
     _write_csv(out / "per_edit.csv", rows, tuple(rows[0]) if rows else ("record_id",))
     _plots(rows, out)

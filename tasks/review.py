@@ -61,14 +61,18 @@ def _flags_by_id(store) -> dict[str, dict[str, Any]]:
 
 
 def _edits(store, prefix: str) -> list[dict[str, Any]]:
-    """The evaluation's rows, each with its paraphrase answers and the flag behind it."""
+    """The evaluation's rows, each with its greedy answers (before, after, paraphrases) and its flag."""
     rows = store.read_json(f"{prefix}/per_edit.json")
-    paraphrases_key = f"{prefix}/paraphrases.json"
-    paraphrases = store.read_json(paraphrases_key) if store.exists(paraphrases_key) else {}
+    answers_key = f"{prefix}/answers.json"
+    answers = store.read_json(answers_key) if store.exists(answers_key) else {}
     flags = _flags_by_id(store)
     for row in rows:
         flag = flags.get(row["record_id"], {})
-        row["paraphrases"] = paraphrases.get(row["record_id"], [])
+        found = answers.get(row["record_id"], {})
+        row["paraphrases"] = found.get("paraphrases", [])
+        row["answer_before"] = found.get("before", row.get("prediction_before", ""))
+        row["answer_after"] = found.get("after", row.get("prediction_after", ""))
+        row["answer_correct"] = found.get("correct")
         row["flag"] = {name: flag.get(name) for name in ("reporter", "flagged_at", "reason", "prediction",
                                                         "model_version")}  # fmt: skip
     return rows

@@ -78,10 +78,13 @@ def _cards(summary: dict[str, Any]) -> str:
     )
 
 
+def _tick(correct: bool | None) -> str:
+    return "" if correct is None else ("<span class=ok>✓</span>" if correct else "<span class=bad>✗</span>")
+
+
 def _paraphrases(row: dict[str, Any]) -> str:
     items = "".join(
-        f"<li>{escape(p['prompt'])} → <i>{escape(p['answer'])}</i> "
-        f"{'<span class=ok>✓</span>' if p['correct'] else '<span class=bad>✗</span>'}</li>"
+        f"<li>{escape(p['prompt'])} → <i>{escape(p['answer'])}</i> {_tick(p['correct'])}</li>"
         for p in row.get("paraphrases", [])
     )
     score = f'<div class="small">score {_number(row.get("paraphrase_success"))}</div>'
@@ -98,15 +101,19 @@ def _flag(row: dict[str, Any]) -> str:
 
 def _edits(review: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{escape(row['prompt'])}</td><td>{escape(row.get('prediction_before') or '')}</td>"
-        f"<td>{escape(row.get('prediction_after') or '')}<div class='small'>wanted: {escape(row['correction'])}"
-        f"</div></td><td class='num'>{_number(row.get('edit_success'))}</td><td>{_paraphrases(row)}</td>"
+        f"<tr><td>{escape(row['prompt'])}</td><td>{escape(row.get('answer_before') or '')}</td>"
+        f"<td>{escape(row.get('answer_after') or '')} {_tick(row.get('answer_correct'))}<div class='small'>wanted: "
+        f"{escape(row['correction'])}</div></td><td class='num'>{_number(row.get('edit_success'))}</td>"
+        f"<td>{_paraphrases(row)}</td>"
         f"<td class='num'>{_number(row.get('locality_unchanged'))}</td><td>{_flag(row)}</td></tr>"
         for row in review["edits"]
     )
     return (
         '<table id="edits"><tr><th>prompt</th><th>old answer</th><th>new answer</th><th>edit success</th>'
         "<th>paraphrases (answer after the edit)</th><th>locality unchanged</th><th>flagged by</th></tr>"
+        "<caption class='small' style='caption-side:bottom;text-align:left'>Answers are the models' greedy "
+        "completions; edit success, the paraphrase score and locality are the gate's teacher-forced "
+        "measures.</caption>"
         f"{rows}</table>"
     )
 
