@@ -95,8 +95,10 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     ) as run_id:
         log_params({"device": device, "train_records": len(train), **config.to_dict(),
                     **{f"editor_{k}": v for k, v in editor_config.to_dict().items()}}, run_id=run_id)  # fmt: skip
+        # A line every 30 s and one at each validation: minutes of training in a screenful of lines.
         progress = Progress("training the editor", None if config.max_minutes else config.max_steps,
-                            unit="step", budget_seconds=(config.max_minutes or 0) * 60 or None)  # fmt: skip
+                            unit="step", budget_seconds=(config.max_minutes or 0) * 60 or None,
+                            every_seconds=30)  # fmt: skip
         on_metrics, on_progress = training_callbacks(progress, metrics_callback(run_id=run_id))
         run = train_editor(
             loaded, train, held_out, out, train_config=config, editor_config=editor_config,
