@@ -18,6 +18,10 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GX_ANALYTICS_ENABLED": "false",
+    # Library progress bars ("Loading weights", artifact downloads) would bury the pipeline's own lines.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's records go to the log file with everything else
     # The ephemeral Prefect API starts in a subprocess that, on a fresh install, first compiles its
     # imports and migrates a new database: on 2 cores that takes longer than Prefect's default 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
@@ -36,7 +40,8 @@ EditorPathOption = Annotated[Path | None, typer.Option("--editor-path", help="ME
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(ctx: typer.Context, verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    ctx.obj = {"verbose": verbose}  # the pipeline commands keep log lines on the terminal only when asked
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -156,3 +161,10 @@ def train_editor_command(
 from flows import cli_pipeline  # noqa: E402  (registers the pipeline commands on `app`)
 
 cli_pipeline.register(app)
+
+
+def run() -> None:
+    """The ``mend`` executable: the app, with an unexpected failure told in one line (``flows.cli_logs``)."""
+    from flows.cli_logs import run_app
+
+    run_app(app)

@@ -144,26 +144,21 @@ def print_fix_summary(outcome) -> None:
                   f"(editor {settings.editor}{', ' + summary.editor_uri if summary and summary.editor_uri else ''})")  # fmt: skip
     if summary and summary.editor_uri:
         _print_editor(settings, summary.editor_uri)
-    table = Table(title=f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}")
-    for column in ("expectation", "result", "observed", "threshold"):
-        table.add_column(column)
-    for item in outcome.gate:
-        verdict = "pass" if item["passed"] else "FAIL"
-        if not item.get("applicable", True):
-            verdict = "n/a"
-        table.add_row(item["name"], verdict, _format(item.get("observed")), _format(item.get("threshold")))
-    console.print(table)
+    from flows.cli_review import gate_table
+
+    console.print(gate_table(outcome.gate, f"gate: {'PASSED' if not outcome.gate_failed else 'FAILED'}"))
     uri = configure_tracking(settings.tracking_uri)
     if summary and summary.candidate_version:
         console.print(f"registered {settings.registered_model} version {summary.candidate_version} as 'candidate'; "
+                      f"review it with: mend review --version {summary.candidate_version}; "
                       f"approve and promote with: mend promote --version {summary.candidate_version} --approve --approver YOU")  # fmt: skip
-    else:
-        console.print(
-            "nothing registered: the new flags are marked failed_gate with the failing expectations"
-        )
-    run = summary.mlflow_run_id if summary else "(see the fix-run in experiment mend-fix)"
-    console.print(f"MLflow: tracking {uri}, run {run}")
-    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}")
+        from tasks.review import version_page
+
+        console.print(f"version page: {version_page(settings, summary.candidate_version)}", soft_wrap=True)
+    run = outcome.mlflow_run_id or "(see the fix-run in experiment mend-fix)"
+    console.print(f"MLflow: tracking {uri}, run {run}", soft_wrap=True)
+    if not uri.startswith(("http://", "https://")):
+        console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
 
 
 def _print_editor(settings, editor_uri: str) -> None:
@@ -193,18 +188,3 @@ def _print_editor(settings, editor_uri: str) -> None:
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in counts.items())
-
-
-def print_status(settings) -> None:
-    from collections import Counter
-
-    from tasks.ledger import Ledger
-    from tasks.registry import champion_version
-
-    console.print(
-        f"champion: {settings.registered_model} version {champion_version(settings.registered_model, tracking_uri=settings.tracking_uri)}"
-    )
-    states = Ledger(settings.open_store()).states()
-    console.print(
-        "flags by state: " + (_counts(Counter(entry.state.value for entry in states.values())) or "none")
-    )

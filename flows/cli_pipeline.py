@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-EXIT_GATE_FAILED = 3
+EXIT_GATE_FAILED = 3  # an expected outcome: the verdict and next steps were printed
+EXIT_REFUSED = 4  # promotion refused: gate not passed or no approval
 
 
 def _settings():
@@ -23,10 +24,26 @@ def _prefect_home() -> None:
     Prefect creates only the last level of its home, and its ephemeral API cannot open its database
     when that fails, so on a fresh checkout (no ``.mend`` yet) the whole path is made here.
     """
+    import click
+
+    from flows.cli_logs import route_logs
     from tasks.tracking import mend_home
 
     home = Path(os.environ.setdefault("PREFECT_HOME", str(mend_home() / "prefect"))).expanduser()
     home.mkdir(parents=True, exist_ok=True)
+    context = click.get_current_context(silent=True)
+    route_logs(verbose=bool(context and (context.find_root().obj or {}).get("verbose")))
+
+
+def _report_fix(outcome) -> None:
+    """The fix run's summary; a failed gate adds its verdict and next steps and exits with its own code."""
+    from flows.cli_output import print_fix_summary
+    from flows.cli_review import print_gate_failed
+
+    print_fix_summary(outcome)
+    if outcome.gate_failed:
+        print_gate_failed(outcome)
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 def _require_promoted_champion(settings) -> None:
@@ -78,14 +95,10 @@ def register(app: typer.Typer) -> None:
     @app.command("fix")
     def fix() -> None:
         """Run the nightly fix now (ephemeral Prefect unless PREFECT_API_URL points at a server)."""
-        from flows.cli_output import print_fix_summary
         from flows.runs import run_fix
 
         _prefect_home()
-        outcome = run_fix(_settings())
-        print_fix_summary(outcome)
-        if outcome.gate_failed:
-            raise typer.Exit(EXIT_GATE_FAILED)
+        _report_fix(run_fix(_settings()))
 
     @app.command("demo")
     def demo(
@@ -94,7 +107,7 @@ def register(app: typer.Typer) -> None:
         ] = 1,
     ) -> None:
         """The main job: seed flags from the model's wrong answers, train an editor if none, run the fix."""
-        from flows.cli_output import print_fix_summary, print_seed
+        from flows.cli_output import print_seed
         from flows.demo import NIGHTS, seed_demo_flow
         from flows.runs import run_fix
 
@@ -105,7 +118,7 @@ def register(app: typer.Typer) -> None:
         if night > 1:
             _require_promoted_champion(settings)
         print_seed(seed_demo_flow(night=night))
-        print_fix_summary(run_fix(settings))
+        _report_fix(run_fix(settings))
 
     @app.command("promote")
     def promote(
@@ -115,9 +128,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Move `champion` to VERSION; only for a version whose gate passed and that a person approved."""
         from flows.promote import promote_flow
+        from tasks.champion import PromotionRefused
 
         _prefect_home()
-        record = promote_flow(version=version, approver=approver, approve=approve)
+        try:
+            record = promote_flow(version=version, approver=approver, approve=approve)
+        except PromotionRefused as refused:  # a rule doing its job, not a crash
+            typer.echo(f"not promoted: {refused}")
+            raise typer.Exit(EXIT_REFUSED) from None
         typer.echo(f"champion is now version {record['version']} (was {record['previous_champion']}), "
                    f"promoted by {record['promoted_by']}; {record['flags_promoted']} flag(s) promoted")  # fmt: skip
 
@@ -131,10 +149,44 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     def status() -> None:
-        """Champion, candidate and the state of every flag."""
-        from flows.cli_output import print_status
+        """Champion and candidate with their gates, the last fix run, flags by state, approvals waiting."""
+        from flows.cli_review import print_status
+        from tasks.status import pipeline_status
 
-        print_status(_settings())
+        print_status(pipeline_status(_settings()))
+
+    @app.command("notify-setup")
+    def notify_setup(
+        webhook: Annotated[str, typer.Option(help="URL that receives the notices (JSON: subject, text)")],
+        name: Annotated[str, typer.Option(help="name of the Prefect webhook block")] = "mend-notify",
+    ) -> None:
+        """Save a webhook block and the Prefect automations that post failed gates and candidates to approve."""
+        from tasks.notify import ensure_automations, save_webhook
+
+        _prefect_home()
+        block = save_webhook(name, webhook)
+        for automation in ensure_automations(block):
+            typer.echo(f"automation {automation!r} -> block {block}")
+        typer.echo(f"(for runs on an ephemeral Prefect API instead: export MEND_NOTIFY_BLOCK={block})")
+
+    @app.command("review")
+    def review(
+        version: Annotated[str, typer.Option(help="registered model version (or alias) to review")],
+    ) -> None:
+        """Print a candidate's review (the page logged with its fix run) and the URL of its version page."""
+        from flows.cli_review import print_review
+        from tasks.registry import resolve_version
+        from tasks.review import artifact_route, load_review, ui_url, version_page
+
+        settings = _settings()
+        found = resolve_version(settings.registered_model, version, tracking_uri=settings.tracking_uri)
+        review = load_review(settings, found.run_id) if found.run_id else None
+        if review is None:
+            typer.echo(f"version {found.version} has no review (the base model, or registered before reviews); "
+                       f"its page: {version_page(settings, str(found.version))}")  # fmt: skip
+            raise typer.Exit(2)
+        page = f"{ui_url(settings)}/#{artifact_route(review['experiment_id'], review['mlflow_run_id'])}"
+        print_review(review, str(found.version), version_page(settings, str(found.version)), page)
 
     @app.command("complete")
     def complete(

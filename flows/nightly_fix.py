@@ -20,7 +20,9 @@ from tasks.evaluate import evaluate_task
 from tasks.extract import extract_task
 from tasks.gate import gate_task
 from tasks.models import ensure_base_task
+from tasks.progress import step_started
 from tasks.report import metrics_task, params_task, track_task
+from tasks.review import REVIEW_DIR, describe_task, review_task
 from tasks.settings import FixSettings
 from tasks.tracking import configure_tracking, fix_run
 
@@ -81,9 +83,14 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
             return summary
         dataset = assemble_task(settings, summary.run_id, extracted.flags_key, base.champion_version)
         if settings.editor == "mend":
-            summary.editor_uri = find_editor_task(settings, base.fingerprint) or train_editor_flow(
-                overrides=overrides
-            )
+            summary.editor_uri = find_editor_task(settings, base.fingerprint)
+            if summary.editor_uri is None:
+                step_started(f"no MEND editor for this base model yet: training one first "
+                             f"(budget {settings.editor_train_minutes:g} min)")  # fmt: skip
+                summary.editor_uri = train_editor_flow(overrides=overrides)
+        step_started(
+            f"applying {len(extracted.flag_ids)} edit(s) with the {settings.editor} editor as one update"
+        )
         snapshot = apply_task(
             settings,
             summary.run_id,
@@ -99,13 +106,17 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
         summary.summary = metrics_task(settings, mlflow_run_id, evaluation.summary)
         artifacts = {"dataset": [dataset.dataset, dataset.retention, dataset.metadata],
                      "evaluation": evaluation.prefix, "quarantine": extracted.quarantine_key}  # fmt: skip
+        review = {"champion_version": base.champion_version, "editor": settings.editor,
+                  "editor_uri": summary.editor_uri, "counts": extracted.counts, "mlflow_run_id": mlflow_run_id}  # fmt: skip
         try:
             verdict = gate_task(settings, summary.run_id, evaluation, extracted.new_flag_ids)
-        finally:  # the gate's result and Data Docs are logged whether it passed or not
+        finally:  # the gate's result, Data Docs and the review page are logged whether it passed or not
+            artifacts[REVIEW_DIR] = review_task(settings, summary.run_id, review)
             track_task(settings, mlflow_run_id, {**artifacts, "gate": f"runs/{summary.run_id}/gate"})
         summary.gate_passed, summary.gate = verdict.passed, verdict.outcomes
         summary.candidate_version = register_task(
             settings, summary.run_id, mlflow_run_id, snapshot, base.champion_version,
             extracted.new_flag_ids, extracted.carried_flag_ids,
         )  # fmt: skip
+        describe_task(settings, summary.candidate_version, summary.run_id)
     return summary

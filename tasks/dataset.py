@@ -16,6 +16,7 @@ from tasks.extract import read_flags
 from tasks.flags import Flag, normalize, read_flag_log
 from tasks.ledger import FlagState, Ledger
 from tasks.models import load_version, scratch_dir
+from tasks.progress import Progress, chunked
 from tasks.settings import FixSettings
 from tasks.storage import Store
 
@@ -58,10 +59,20 @@ def locality_pool(
     if store.exists(key):
         pool, _ = load_pool(store.download(key, workspace / "pool.jsonl"))
         return pool, key
-    built = build_locality_pool(champion.model, champion.tokenizer, _reference_prompts(settings, store))
-    pool = list(built.pool)
-    if built.rejected:
-        LOGGER.info("locality pool: %d prompts left out, e.g. %s", len(built.rejected), built.rejected[:3])
+    prompts = _reference_prompts(settings, store)
+    progress = Progress("building the locality pool", len(prompts), unit="prompts")
+    pool, rejected, seen, done = [], [], set(), 0
+    for chunk in chunked(prompts, 25):  # the pool build has no callback of its own
+        built = build_locality_pool(champion.model, champion.tokenizer, chunk)
+        fresh = [probe for probe in built.pool if normalize(probe.prompt) not in seen]
+        seen.update(normalize(probe.prompt) for probe in fresh)
+        pool += fresh
+        rejected += built.rejected
+        done += len(chunk)
+        progress.update(done, size=len(pool))
+    progress.finish(size=len(pool))
+    if rejected:
+        LOGGER.info("locality pool: %d prompts left out, e.g. %s", len(rejected), rejected[:3])
     save_pool(
         workspace / "pool.jsonl", pool, champion_version=champion_version, fingerprint=champion.fingerprint
     )
@@ -100,21 +111,17 @@ def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edi
         edit_embeddings, corrections=[flag.correction for flag in flags], hard=hard,
         random=per_edit - hard, seed=0,
     )  # fmt: skip
-    return [
-        EditRecord(
-            record_id=flag.flag_id,
-            prompt=flag.prompt,
-            target_new=flag.correction,
-            subject=flag.subject,
-            rephrase_prompts=tuple(
-                equivalence_prompts(
-                    flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
-                )
-            ),
-            locality=tuple(probes),
+    progress = Progress("checking paraphrases of the flagged prompts", len(flags), unit="flags")
+    records = []
+    for flag, probes in zip(flags, locality, strict=True):
+        rephrases = equivalence_prompts(
+            flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
         )
-        for flag, probes in zip(flags, locality, strict=True)
-    ]
+        records.append(EditRecord(record_id=flag.flag_id, prompt=flag.prompt, target_new=flag.correction,
+                                  subject=flag.subject, rephrase_prompts=tuple(rephrases), locality=tuple(probes)))  # fmt: skip
+        progress.update(len(records))
+    progress.finish()
+    return records
 
 
 def assemble_dataset(

@@ -64,6 +64,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     from editing.training.run import split_records, train_editor
     from tasks.editor_registry import register_editor
     from tasks.models import base_location, scratch_dir
+    from tasks.progress import Progress, training_callbacks
     from tasks.protected import protected_keys_for, store_scored_prompts
     from tasks.tracking import configure_tracking, fix_run, log_params, metrics_callback
 
@@ -95,12 +96,17 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     ) as run_id:
         log_params({"device": device, "train_records": len(train), **config.to_dict(),
                     **{f"editor_{k}": v for k, v in editor_config.to_dict().items()}}, run_id=run_id)  # fmt: skip
-        on_metrics = metrics_callback(run_id=run_id)
+        # A line every 30 s and one at each validation: minutes of training in a screenful of lines.
+        progress = Progress("training the editor", None if config.max_minutes else config.max_steps,
+                            unit="step", budget_seconds=(config.max_minutes or 0) * 60 or None,
+                            every_seconds=30)  # fmt: skip
+        on_metrics, on_progress = training_callbacks(progress, metrics_callback(run_id=run_id))
         run = train_editor(
             loaded, train, held_out, out, train_config=config, editor_config=editor_config,
-            on_metrics=on_metrics, protected=protected,
+            on_metrics=on_metrics, on_progress=on_progress, protected=protected,
             general_texts=general_texts(settings, len(records)) if config.general_text_loss_weight else (),
         )  # fmt: skip
+        progress.finish(steps=run.summary["step"])
         best = next((v for v in run.summary["validations"] if v["step"] == run.summary["best_step"]), None)
         metrics = {f"best_{name}": value for name, value in (best or {}).items()}
         metrics["train_seconds"] = time.perf_counter() - started

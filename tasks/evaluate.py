@@ -14,6 +14,7 @@ from prefect import task
 from editing.data.records import read_records, read_texts
 from editing.evaluation.evaluate import evaluate_edit, perplexity
 from tasks.models import download_dir, load_version, scratch_dir, upload_dir
+from tasks.progress import Progress
 from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -63,6 +64,31 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
     ]
 
 
+def greedy_answers(before_model, after_model, tokenizer, records) -> dict[str, dict[str, Any]]:
+    """What a reviewer reads next to the teacher-forced scores: each edit prompt's greedy answer before and
+    after, and each paraphrase's answer after, with whether it gives the correction (or an alias)."""
+    from editing.core.generate import answer_matches, greedy_complete
+
+    def gives(answer: str, record) -> bool:
+        return any(answer_matches(answer, target) for target in record.targets)
+
+    prompts = [record.prompt for record in records]
+    pairs = [(record, prompt) for record in records for prompt in record.rephrase_prompts]
+    before = greedy_complete(before_model, tokenizer, prompts) if prompts else []
+    after = (
+        greedy_complete(after_model, tokenizer, prompts + [prompt for _, prompt in pairs]) if prompts else []
+    )
+    found = {
+        record.record_id: {"before": old, "after": new, "correct": gives(new, record), "paraphrases": []}
+        for record, old, new in zip(records, before, after[: len(prompts)], strict=True)
+    }
+    for (record, prompt), answer in zip(pairs, after[len(prompts) :], strict=True):
+        found[record.record_id]["paraphrases"].append(
+            {"prompt": prompt, "answer": answer, "correct": gives(answer, record)}
+        )
+    return found
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib
 
@@ -107,10 +133,14 @@ def evaluate_candidate(
     after = load_snapshot_model(download_dir(store, snapshot_prefix, workspace / "snapshot"))
     tokenizer = before.tokenizer
 
+    progress = Progress("evaluating the candidate", 5, unit="part", every_seconds=0.0)
+    progress.update(0, next="edits, paraphrases and locality")
     evaluation = evaluate_edit(before.model, after.model, tokenizer, records)
     rows = gate_rows(evaluation.rows)
+    progress.update(1, next="retention of promoted edits")
     texts = read_texts(settings.data_file(REFERENCE_TEXTS), limit=settings.reference_texts)
     retention = evaluate_edit(before.model, after.model, tokenizer, retained).aggregates if retained else {}
+    progress.update(2, next="perplexity on reference text")
     summary = {
         "perplexity_before": perplexity(before.model, tokenizer, texts),
         "perplexity_after": perplexity(after.model, tokenizer, texts),
@@ -119,13 +149,18 @@ def evaluate_candidate(
         "aggregates": evaluation.aggregates,
         "edits": len(records),
     }
+    progress.update(3, next="locality answers before and after")
     regressions = locality_regressions(before.model, after.model, tokenizer, records)
     summary["locality_regressions"] = len(regressions)
+    progress.update(4, next="greedy answers to the prompts and paraphrases")
+    answers = greedy_answers(before.model, after.model, tokenizer, records)
+    progress.finish()
 
     out = workspace / "evaluation"
     out.mkdir()
     (out / "per_edit.json").write_text(json.dumps(rows, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "answers.json").write_text(json.dumps(answers, indent=2))
     _write_csv(out / "locality_regressions.csv", regressions, ("edit", "prompt", "kind", "before", "after"))
     _write_csv(out / "per_edit.csv", rows, tuple(rows[0]) if rows else ("record_id",))
     _plots(rows, out)

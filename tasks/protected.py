@@ -45,8 +45,11 @@ def protected_keys_for(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ProtectedKeys:
     """The pipeline's protected keys for ``loaded``, with the settings' data and sizes."""
+    from tasks.progress import progress_callback
+
+    report = on_progress or progress_callback("measuring the base model's protected keys", "prompts")
     return cached_protected_keys(
-        loaded, settings.data_dir, settings.protected_texts, settings.protected_facts, exclude, on_progress
+        loaded, settings.data_dir, settings.protected_texts, settings.protected_facts, exclude, report
     )
 
 

@@ -68,6 +68,9 @@ class FixSettings:
     # Name of a Prefect Secret block holding S3 settings as JSON (endpoint_url, access_key_id,
     # secret_access_key, region_name, addressing_style); None reads them from the environment.
     s3_block: str | None = None
+    # Prefect notification block ("<type-slug>/<name>") told about failed gates and candidates waiting
+    # for an approval (tasks.notify); None sends nothing (the Prefect events are emitted either way).
+    notify_block: str | None = None
     ft_steps: int = 10  # FT / FT+KL editors: Adam steps per edit
     ft_lr: float = 1e-4  # FT / FT+KL editors: learning rate
 
@@ -129,6 +132,7 @@ class FixSettings:
             in ("1", "true", "yes"),
             "thresholds_path": environ.get("MEND_GATE_THRESHOLDS"),
             "s3_block": environ.get("MEND_S3_BLOCK"),
+            "notify_block": environ.get("MEND_NOTIFY_BLOCK") or None,
             "ft_steps": int(_number("MEND_FT_STEPS", 10)),
             "ft_lr": _number("MEND_FT_LR", 1e-4),
         }
