@@ -15,9 +15,10 @@ from tasks.settings import FixSettings
 LOGGER = logging.getLogger(__name__)
 EDITOR_URI_PREFIX = "models:/mend-editor/"
 GENERAL_TEXTS = "me_ppl/ME-PPL.json"
-# The fix run's editor recipe, chosen in 10-minute CPU runs on CounterFact train (README, "Training the
-# editor"): a learning rate three times the paper's for a short budget; keys learned by the network (with
+# The fix run's editor recipe, chosen in 10-minute CPU runs on CounterFact train (README, "Many edits at
+# once"): a learning rate three times the paper's for a short budget; keys learned by the network (with
 # the inputs as keys, paraphrases stayed near 0.1); a light initial protection, which training raises.
+# The loss weights live in the settings (MEND_EDITOR_LOCALITY_WEIGHT, MEND_EDITOR_GENERAL_TEXT_*).
 EDITOR_LR = 3e-4
 EDITOR_SETTINGS = {"solve_keys": "network", "init_protect": 0.1}
 
