@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.config import EditorConfig, TrainConfig
+from editing.config import RECIPE_EDITOR_LR, RECIPE_EDITOR_SETTINGS, EditorConfig, TrainConfig
 from editing.core.models import LoadedModel
 from editing.core.targets import resolve_scope
 from editing.data.protected_sources import protected_sources
@@ -23,7 +23,6 @@ from editing.data.records import read_records
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
 from editing.training.checkpoint import load_editor
 from editing.training.run import split_records, train_editor
-from tasks.editor import EDITOR_LR, EDITOR_SETTINGS
 
 LOGGER = logging.getLogger(__name__)
 TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"
@@ -52,10 +51,10 @@ class Recipe:
             max_minutes=minutes, max_steps=1_000_000, val_every=200, val_records=self.val_records,
             group_sizes=self.group_sizes, same_relation_fraction=self.same_relation,
             locality_loss_weight=self.locality_weight, general_text_loss_weight=self.general_text_weight,
-            device=device, editor_lr=EDITOR_LR,
+            device=device, editor_lr=RECIPE_EDITOR_LR,
         )  # fmt: skip
-        # The fix run's recipe (tasks/editor.py), so the benchmark measures the editor users get.
-        return train, EditorConfig(aggregation=self.aggregation, **EDITOR_SETTINGS)
+        # The fix run's recipe, so the benchmark measures the editor users get.
+        return train, EditorConfig(aggregation=self.aggregation, **RECIPE_EDITOR_SETTINGS)
 
 
 RECIPES = {

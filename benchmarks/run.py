@@ -34,32 +34,42 @@ def _machine(device: str) -> dict:
     return info
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every benchmark takes: where the data is, the device, and where editors and results go."""
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--work", type=Path, default=Path("benchmarks/work"), help="trained editors are kept here"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+
+def configure_logging() -> None:
+    # force: importing prefect (through tasks/) has already given the root logger its handlers.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--suite", choices=["speed", "quality", "all"], default="all")
     parser.add_argument("--model", default="default")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--train-minutes", type=float, default=60.0)
     parser.add_argument("--eval-records", type=int, default=500)
     parser.add_argument("--editors", default="unedited,mend,ft,ft-kl")
     parser.add_argument(
         "--recipe", choices=sorted(RECIPES), default="mend-ls", help="the MEND editor (benchmarks.editors)"
     )
-    parser.add_argument(
-        "--work", type=Path, default=Path("benchmarks/work"), help="trained editors are kept here"
-    )
     parser.add_argument("--speed-records", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="", help="suffix for result file names, e.g. 'gpu'")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    configure_logging()
 
     from editing.core.models import load_model
     from editing.data.records import read_records

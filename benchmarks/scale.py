@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.editors import RECIPES, VAL_FILE, ZSRE_FILE, protected_for, train_or_reuse
+from benchmarks.run import _machine, add_common_arguments, configure_logging
 from editing.core.apply import EditResult
 from editing.data.records import EditRecord, read_records, read_texts
 from editing.evaluation.evaluate import RecordScores, compare_scores, perplexity, score_records
@@ -57,6 +58,11 @@ class Bench:
     texts: list[str]
     before: dict[str, RecordScores] = field(default_factory=dict)
     perplexity_before: float = 0.0
+
+    @classmethod
+    def measure(cls, loaded: Any, texts: list[str]) -> Bench:
+        """A bench whose unedited perplexity on ``texts`` is measured now, before any edit."""
+        return cls(loaded, texts, perplexity_before=perplexity(loaded.model, loaded.tokenizer, texts))
 
     def scores_before(self, records: Sequence[EditRecord]) -> list[RecordScores]:
         missing = [r for r in records if r.record_id not in self.before]
@@ -98,11 +104,10 @@ def sample(records: Sequence[EditRecord], limit: int) -> list[EditRecord]:
     """At most ``limit`` records, evenly spaced: a large batch or ledger is scored on a sample for CPU."""
     if len(records) <= limit:
         return list(records)
-    return (
-        [records[round(i * (len(records) - 1) / (limit - 1))] for i in range(limit)]
-        if limit > 1
-        else [records[0]]
-    )
+    if limit == 1:
+        return [records[0]]
+    spacing = (len(records) - 1) / (limit - 1)
+    return [records[round(i * spacing)] for i in range(limit)]
 
 
 def batch_cells(
@@ -256,10 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tag", default="cpu")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--editors", default="mend-ls,mend-sum,ft-kl,ft-kl-stacked")
     parser.add_argument(
         "--train-minutes", type=float, default=10.0, help="budget per MEND editor (the fix run's default)"
@@ -284,13 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ppl-batches", type=int, default=2, help="batches per cell whose perplexity is measured"
     )
     parser.add_argument("--ppl-texts", type=int, default=100)
-    parser.add_argument("--work", type=Path, default=Path("benchmarks/work"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    from benchmarks.run import _machine
+    configure_logging()
     from editing.core.models import load_model
 
     loaded = load_model("default", device=args.device)
@@ -298,8 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     needed = max(max(args.sizes), max(args.accumulated), args.single_records)
     records_by_set = {name: read_records(args.data_dir / files[name], limit=needed).records
                       for name in args.data_sets.split(",")}  # fmt: skip
-    bench = Bench(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=args.ppl_texts))
-    bench.perplexity_before = perplexity(loaded.model, loaded.tokenizer, bench.texts)
+    bench = Bench.measure(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=args.ppl_texts))
     training = {}
     for name in args.editors.split(","):
         if name in RECIPES:

@@ -14,14 +14,11 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
-
-import torch
 
 from benchmarks.editors import RECIPES, TRAIN_FILE, train_or_reuse
+from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import PPL_TEXTS, Bench, summarise
 from editing.data.records import read_records, read_texts
-from editing.evaluation.evaluate import perplexity
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LOGGER = logging.getLogger("benchmarks.solver_sweep")
@@ -81,23 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tag", default="cpu")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("MEND_DATA_DIR", "../shared/data"))
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--recipe", default="mend-ls")
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--records", type=int, default=64, help="edits per setting")
     parser.add_argument("--batch-sizes", default="16")
     parser.add_argument("--grid", type=_grid, default=_grid("1x1,1x16,1x256,1x4096"))
     parser.add_argument("--ppl-batches", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=Path("benchmarks/work"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    from benchmarks.run import _machine
+    configure_logging()
     from editing.core.models import load_model
     from editing.editors import build_editor
 
@@ -107,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     editor = build_editor("mend", loaded, editor_path=args.work / recipe.name)
     first = recipe.train_records
     records = read_records(args.data_dir / TRAIN_FILE, limit=first + args.records).records[first:]
-    bench = Bench(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=100))
-    bench.perplexity_before = perplexity(loaded.model, loaded.tokenizer, bench.texts)
+    bench = Bench.measure(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=100))
     rows = []
     for size in (int(s) for s in args.batch_sizes.split(",")):
         rows += sweep(bench, editor, records, size, args.grid, args.ppl_batches)

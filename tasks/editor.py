@@ -15,12 +15,6 @@ from tasks.settings import FixSettings
 LOGGER = logging.getLogger(__name__)
 EDITOR_URI_PREFIX = "models:/mend-editor/"
 GENERAL_TEXTS = "me_ppl/ME-PPL.json"
-# The fix run's editor recipe, chosen in 10-minute CPU runs on CounterFact train (README, "Many edits at
-# once"): a learning rate three times the paper's for a short budget; keys learned by the network (with
-# the inputs as keys, paraphrases stayed near 0.1); a light initial protection, which training raises.
-# The loss weights live in the settings (MEND_EDITOR_LOCALITY_WEIGHT, MEND_EDITOR_GENERAL_TEXT_*).
-EDITOR_LR = 3e-4
-EDITOR_SETTINGS = {"solve_keys": "network", "init_protect": 0.1}
 
 
 def find_editor_uri(settings: FixSettings, base_fingerprint: str) -> str | None:
@@ -58,7 +52,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     """Train a MEND editor for the base model on CounterFact train and register it; returns its URI."""
     import torch
 
-    from editing.config import EditorConfig, TrainConfig
+    from editing.config import RECIPE_EDITOR_LR, RECIPE_EDITOR_SETTINGS, EditorConfig, TrainConfig
     from editing.core.models import load_model
     from editing.data.records import read_records
     from editing.training.checkpoint import export_editor
@@ -78,12 +72,12 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
     config = TrainConfig(
         max_minutes=settings.editor_train_minutes, max_steps=settings.editor_train_steps, device=device,
         val_every=200, val_records=len(held_out), group_sizes=settings.group_sizes(),
-        same_relation_fraction=settings.editor_same_relation, editor_lr=EDITOR_LR,
+        same_relation_fraction=settings.editor_same_relation, editor_lr=RECIPE_EDITOR_LR,
         locality_loss_weight=settings.editor_locality_weight,
         general_text_loss_weight=settings.editor_general_text_weight,
         general_text_every=settings.editor_general_text_every,
     )  # fmt: skip
-    editor_config = EditorConfig(aggregation=settings.editor_aggregation, **EDITOR_SETTINGS)
+    editor_config = EditorConfig(aggregation=settings.editor_aggregation, **RECIPE_EDITOR_SETTINGS)
     protected = None
     if editor_config.aggregation == "least_squares":
         exclude = [p for r in records for p in (r.prompt, *r.rephrase_prompts)]

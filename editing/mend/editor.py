@@ -133,7 +133,8 @@ class MendEditor:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
         if ridge_multiplier <= 0 or protect_multiplier < 0:
             raise ValueError(
-                f"solver multipliers must be positive, got {ridge_multiplier}, {protect_multiplier}"
+                f"solver multipliers: ridge must be > 0 and protection >= 0, got {ridge_multiplier}, "
+                f"{protect_multiplier}"
             )
         self.network, self.scope, self.protected = network, scope, protected
         # Edit-time scaling of the learned ridge and protection weights (1 = as trained): more of either
