@@ -9,16 +9,25 @@ benchmark scores, minus the editors' own training edits (``editing.data.protecte
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.config import RECIPE_EDITOR_LR, RECIPE_EDITOR_SETTINGS, EditorConfig, TrainConfig
+from editing.config import (
+    RECIPE_EDITOR_LR,
+    RECIPE_EDITOR_SETTINGS,
+    RECIPE_GENERAL_TEXT_EVERY,
+    RECIPE_GENERAL_TEXT_WEIGHT,
+    RECIPE_LOCALITY_WEIGHT,
+    EditorConfig,
+    TrainConfig,
+)
 from editing.core.models import LoadedModel
 from editing.core.targets import resolve_scope
-from editing.data.protected_sources import protected_sources
+from editing.data.protected_sources import protected_sources, training_texts
 from editing.data.records import read_records
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
 from editing.training.checkpoint import load_editor
@@ -29,6 +38,7 @@ TRAIN_FILE = "counterfact_easyedit_splits/counterfact-train.json"
 VAL_FILE = "counterfact_easyedit_splits/counterfact-val.json"
 ZSRE_FILE = "zsre_mend_portability/zsre_mend_eval_portability_gpt4.json"
 GROUP_SIZES = (1, 2, 4, 8, 16, 32)  # as MEND_EDITOR_GROUP_SIZES's default
+RECIPE_FILE = "recipe.json"  # beside each trained editor: what it was trained with
 
 
 @dataclass(frozen=True)
@@ -39,8 +49,10 @@ class Recipe:
     aggregation: str = "least_squares"
     group_sizes: tuple[int, ...] = GROUP_SIZES
     same_relation: float = 0.5
-    locality_weight: float = 1.0
-    general_text_weight: float = 0.0
+    # The fix run's loss weights (editing.config), so the benchmarks measure the editor users get.
+    locality_weight: float = RECIPE_LOCALITY_WEIGHT
+    general_text_weight: float = RECIPE_GENERAL_TEXT_WEIGHT
+    general_text_every: int = RECIPE_GENERAL_TEXT_EVERY
     # As the fix run trains its editor (tasks/editor.py): a short budget visits each record a few times,
     # so a smaller set keeps the trainer's per-record cache warm.
     train_records: int = 1_000
@@ -51,6 +63,7 @@ class Recipe:
             max_minutes=minutes, max_steps=1_000_000, val_every=200, val_records=self.val_records,
             group_sizes=self.group_sizes, same_relation_fraction=self.same_relation,
             locality_loss_weight=self.locality_weight, general_text_loss_weight=self.general_text_weight,
+            general_text_every=self.general_text_every,
             device=device, editor_lr=RECIPE_EDITOR_LR,
         )  # fmt: skip
         # The fix run's recipe, so the benchmark measures the editor users get.
@@ -60,8 +73,15 @@ class Recipe:
 RECIPES = {
     "mend-ls": Recipe("mend-ls"),
     "mend-sum": Recipe("mend-sum", aggregation="sum"),
-    # The earlier benchmark's editor: single edits, the paper's aggregation.
-    "mend-single": Recipe("mend-single", aggregation="sum", group_sizes=(1,), same_relation=0.0),
+    # The earlier benchmark's editor: single edits, the paper's aggregation and loss weights.
+    "mend-single": Recipe(
+        "mend-single",
+        aggregation="sum",
+        group_sizes=(1,),
+        same_relation=0.0,
+        locality_weight=1.0,
+        general_text_weight=0.0,
+    ),
 }
 
 
@@ -83,12 +103,31 @@ def protected_for(loaded: LoadedModel, data_dir: Path, work: Path, *, texts: int
     return protected
 
 
+class RecipeMismatch(RuntimeError):
+    """``benchmarks/work/<name>`` holds an editor trained with another recipe than the one asked for."""
+
+
+def check_recipe(directory: Path, recipe: Recipe) -> None:
+    """Refuse to reuse an editor whose recorded recipe differs from ``recipe`` (or that recorded none)."""
+    path = directory / RECIPE_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else None
+    wanted = json.loads(json.dumps(asdict(recipe)))  # tuples as lists, as the file holds them
+    if recorded != wanted:
+        differing = sorted(k for k in wanted if (recorded or {}).get(k) != wanted[k])
+        changed = "no recorded recipe" if recorded is None else f"differs in {differing}"
+        raise RecipeMismatch(
+            f"{directory} holds an editor trained with another recipe ({changed}); "
+            f"delete the directory to train {recipe.name!r} again"
+        )
+
+
 def train_or_reuse(
     loaded: LoadedModel, data_dir: Path, work: Path, recipe: Recipe, minutes: float, device: str
 ) -> dict[str, Any]:
     """Train ``recipe`` for at most ``minutes`` unless ``work/<name>`` already holds it; its summary."""
     directory = work / recipe.name
     if (directory / "editor.json").is_file():
+        check_recipe(directory, recipe)
         load_editor(directory, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
         LOGGER.info("reusing the editor in %s", directory)
         return {"reused": str(directory), "recipe": asdict(recipe)}
@@ -100,7 +139,9 @@ def train_or_reuse(
     run = train_editor(
         loaded, train, held_out, directory, train_config=train_config, editor_config=editor_config,
         protected=protected, on_metrics=_log_validation,
+        general_texts=training_texts(data_dir, len(records)) if recipe.general_text_weight else (),
     )  # fmt: skip
+    (directory / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=1))
     summary = {key: run.summary[key] for key in ("step", "best_step", "stop_reason", "elapsed_seconds")}
     best = next(v for v in run.summary["validations"] if v["step"] == run.summary["best_step"])
     return {**summary, "steps_per_second": run.summary["steps_per_second"], "best_validation": best,

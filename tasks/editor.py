@@ -14,7 +14,6 @@ from tasks.settings import FixSettings
 
 LOGGER = logging.getLogger(__name__)
 EDITOR_URI_PREFIX = "models:/mend-editor/"
-GENERAL_TEXTS = "me_ppl/ME-PPL.json"
 
 
 def find_editor_uri(settings: FixSettings, base_fingerprint: str) -> str | None:
@@ -39,13 +38,10 @@ def editor_checkpoint(settings: FixSettings, editor_uri: str) -> Path:
 
 def general_texts(settings: FixSettings, count: int) -> list[str]:
     """ME-PPL sentences for the editor's general-text term, none of them among the gate's reference
-    texts (ME-PPL_1k, a subset of ME-PPL): training must not see what the perplexity check scores."""
-    from editing.data.records import read_texts
-    from tasks.evaluate import REFERENCE_TEXTS
+    texts (ME-PPL_1k): training must not see what the perplexity check scores."""
+    from editing.data.protected_sources import training_texts
 
-    held_out = set(read_texts(settings.data_file(REFERENCE_TEXTS)))
-    texts = [text for text in read_texts(settings.data_file(GENERAL_TEXTS)) if text not in held_out]
-    return texts[:count]
+    return training_texts(settings.data_dir, count)
 
 
 def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:

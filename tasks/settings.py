@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
+from editing.config import RECIPE_GENERAL_TEXT_EVERY, RECIPE_GENERAL_TEXT_WEIGHT, RECIPE_LOCALITY_WEIGHT
 from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
@@ -117,9 +118,13 @@ class FixSettings:
             "editor_aggregation": environ.get("MEND_EDITOR_AGGREGATION", "least_squares"),
             "editor_group_sizes": environ.get("MEND_EDITOR_GROUP_SIZES", "1,2,4,8,16,32"),
             "editor_same_relation": _number("MEND_EDITOR_SAME_RELATION", 0.5),
-            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", 10.0),
-            "editor_general_text_weight": _number("MEND_EDITOR_GENERAL_TEXT_WEIGHT", 1.0),
-            "editor_general_text_every": int(_number("MEND_EDITOR_GENERAL_TEXT_EVERY", 4)),
+            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", RECIPE_LOCALITY_WEIGHT),
+            "editor_general_text_weight": _number(
+                "MEND_EDITOR_GENERAL_TEXT_WEIGHT", RECIPE_GENERAL_TEXT_WEIGHT
+            ),
+            "editor_general_text_every": int(
+                _number("MEND_EDITOR_GENERAL_TEXT_EVERY", RECIPE_GENERAL_TEXT_EVERY)
+            ),
             "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
             "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
             "data_dir": str(_default_data_dir()),

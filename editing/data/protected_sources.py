@@ -44,6 +44,14 @@ def scored_prompts(data_dir: Path) -> set[str]:
     return scored
 
 
+def training_texts(data_dir: str | Path, count: int) -> list[str]:
+    """Up to ``count`` ME-PPL sentences for an editor's general-text term, none of them among the gate's
+    perplexity texts (ME-PPL_1k, a subset of ME-PPL): training must not see what the gate scores."""
+    data_dir = Path(data_dir)
+    held_out = {normalise(text) for text in read_texts(data_dir / GATE_TEXTS)}
+    return [text for text in read_texts(data_dir / GENERAL_TEXTS) if normalise(text) not in held_out][:count]
+
+
 @dataclass(frozen=True)
 class ProtectedSources:
     texts: list[str]

@@ -1,0 +1,42 @@
+"""The benchmark editors are trained as the fix run trains its editor, and a stale one is never reused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.editors import RECIPE_FILE, RECIPES, RecipeMismatch, check_recipe
+from editing.data.protected_sources import GATE_TEXTS, normalise, training_texts
+from tasks.settings import FixSettings
+from tests.paths import DATA_DIR
+
+
+def test_the_benchmark_recipe_trains_with_the_fix_runs_loss_weights():
+    settings = FixSettings.from_env()
+    train, _ = RECIPES["mend-ls"].configs(minutes=1.0, device="cpu")
+    assert train.locality_loss_weight == settings.editor_locality_weight
+    assert train.general_text_loss_weight == settings.editor_general_text_weight
+    assert train.general_text_every == settings.editor_general_text_every
+    assert RECIPES["mend-ls"].group_sizes == settings.group_sizes()
+
+
+def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
+    recipe = RECIPES["mend-ls"]
+    with pytest.raises(RecipeMismatch, match="no recorded recipe"):
+        check_recipe(tmp_path, recipe)  # an editor from before recipes were recorded
+    recorded = {**json.loads(json.dumps(recipe.__dict__)), "locality_weight": 1.0}
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(RecipeMismatch, match="locality_weight"):
+        check_recipe(tmp_path, recipe)
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(recipe.__dict__))))
+    check_recipe(tmp_path, recipe)  # the same recipe is reused
+
+
+@pytest.mark.skipif(not (DATA_DIR / GATE_TEXTS).is_file(), reason="needs ../shared/data")
+def test_general_training_texts_never_include_the_gates_perplexity_texts():
+    from editing.data.records import read_texts
+
+    texts = training_texts(DATA_DIR, 500)
+    gate = {normalise(text) for text in read_texts(DATA_DIR / GATE_TEXTS)}
+    assert len(texts) == 500 and not gate & {normalise(text) for text in texts}
