@@ -61,8 +61,10 @@ SCALE_ARGS ?= --data-sets counterfact --single-records 32 --coverage 32 --score-
 	--ft-coverage 32 --ft-max-accumulated 100 --ppl-batches 1 --ppl-texts 50
 bench-scale: model
 	$(BIN)/python -m benchmarks.scale --tag $(or $(TAG),cpu) $(SCALE_ARGS)
+# Edit-time ridge x protection multipliers on CounterFact train edits that nothing else scores.
+SOLVER_GRID ?= 0.03x1,0.125x1,0.25x1,1x1,8x1,1x16,0.125x16
 bench-solver: model
-	$(BIN)/python -m benchmarks.solver_sweep --tag $(or $(TAG),cpu) --batch-sizes 16
+	$(BIN)/python -m benchmarks.solver_sweep --tag $(or $(TAG),cpu) --batch-sizes 16 --grid $(SOLVER_GRID)
 
 # The demo's second night: other questions, on top of night one's promoted candidate.
 run-night2: model

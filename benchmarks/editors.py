@@ -29,6 +29,7 @@ from editing.core.models import LoadedModel
 from editing.core.targets import resolve_scope
 from editing.data.protected_sources import protected_sources, training_texts
 from editing.data.records import read_records
+from editing.mend.neighbours import BANK_FILE, NeighbourBank, build_neighbour_bank
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
 from editing.training.checkpoint import load_editor
 from editing.training.run import split_records, train_editor
@@ -119,6 +120,23 @@ def check_recipe(directory: Path, recipe: Recipe) -> None:
             f"{directory} holds an editor trained with another recipe ({changed}); "
             f"delete the directory to train {recipe.name!r} again"
         )
+
+
+def neighbour_bank_for(loaded: LoadedModel, data_dir: Path, work: Path, *, records: int) -> NeighbourBank:
+    """The base model's neighbour bank from the first ``records`` CounterFact edit-split records, built once
+    into ``work/neighbours-<records>`` (sources as the pipeline's: nothing a benchmark scores)."""
+    directory = work / f"neighbours-{records}"
+    if (directory / BANK_FILE).is_file():
+        return NeighbourBank.load(directory, base_fingerprint=loaded.fingerprint)
+    facts = protected_sources(data_dir, texts=0, facts=records).facts
+    started = time.perf_counter()
+    bank = build_neighbour_bank(
+        loaded.model, loaded.tokenizer, resolve_scope(loaded.model), loaded.fingerprint, facts
+    )
+    bank.save(directory)
+    LOGGER.info("neighbour bank: %d known of %d facts in %.0f s", len(bank.facts), len(facts),
+                time.perf_counter() - started)  # fmt: skip
+    return bank
 
 
 def train_or_reuse(

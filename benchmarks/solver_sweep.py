@@ -15,33 +15,46 @@ import logging
 import os
 import time
 
-from benchmarks.editors import RECIPES, TRAIN_FILE, train_or_reuse
+from benchmarks.editors import RECIPES, TRAIN_FILE, neighbour_bank_for, train_or_reuse
 from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import PPL_TEXTS, Bench, summarise
 from editing.data.records import read_records, read_texts
+from editing.mend.neighbours import NeighbourSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LOGGER = logging.getLogger("benchmarks.solver_sweep")
 
 
-def _grid(text: str) -> list[tuple[float, float]]:
-    """``"1x1,1x16"`` -> [(ridge, protect), ...]."""
-    return [tuple(float(x) for x in cell.split("x")) for cell in text.split(",") if cell]  # type: ignore[misc]
+def _grid(text: str) -> list[tuple[float, float, int, float]]:
+    """``"1x1,1x16,1x1x8x10"`` -> [(ridge, protect, neighbours per edit, neighbour weight), ...]."""
+    cells = []
+    for cell in (c for c in text.split(",") if c):
+        parts = [float(x) for x in cell.split("x")]
+        if len(parts) not in (2, 4):
+            raise argparse.ArgumentTypeError(f"grid cell {cell!r}: RIDGExPROTECT or RIDGExPROTECTxNxWEIGHT")
+        ridge, protect, neighbours, weight = (*parts, 0.0, 0.0) if len(parts) == 2 else parts
+        cells.append((ridge, protect, int(neighbours), weight))
+    return cells
 
 
-def sweep(bench: Bench, editor, records, batch_size: int, grid, ppl_batches: int) -> list[dict]:
-    """One row per (ridge, protect) multiplier pair over disjoint batches of ``batch_size`` records."""
+def sweep(bench: Bench, editor, records, batch_size: int, grid, ppl_batches: int, bank=None) -> list[dict]:
+    """One row per grid cell (ridge and protection multipliers, neighbours per edit and their weight) over
+    disjoint batches of ``batch_size`` records."""
     loaded = bench.loaded
     batches = [records[i : i + batch_size] for i in range(0, len(records) - batch_size + 1, batch_size)]
     batch_rows = [editor.edit_rows(loaded.model, loaded.tokenizer, batch) for batch in batches]
     bench.scores_before(records)  # on the unedited model, before any setting is applied
     device = next(loaded.model.parameters()).device
     rows = []
-    for ridge, protect in grid:
+    for ridge, protect, neighbours, weight in grid:
         scaled = editor.with_multipliers(ridge=ridge, protect=protect)
+        if neighbours:
+            scaled = scaled.with_neighbours(bank, NeighbourSettings(neighbours, weight))
         scored, ppl, seconds = [], [], []
         for index, (batch, edit_rows) in enumerate(zip(batches, batch_rows, strict=True)):
             started = time.perf_counter()
+            if neighbours:  # the batch's rows plus its neighbours' zero-shift rows
+                edit_rows = scaled.edit_rows(loaded.model, loaded.tokenizer, batch)
             result = scaled.aggregate(edit_rows).to(device)
             seconds.append(time.perf_counter() - started)
             with result.applied(loaded.model):
@@ -49,6 +62,7 @@ def sweep(bench: Bench, editor, records, batch_size: int, grid, ppl_batches: int
             scored += evaluation["rows"]
             ppl += [evaluation["ppl_change"]] if "ppl_change" in evaluation else []
         rows.append(summarise(scored, ridge_multiplier=ridge, protect_multiplier=protect, edits=batch_size,
+                              neighbours=neighbours, neighbour_weight=weight,
                               batches=len(batches), ppl_change=sum(ppl) / max(1, len(ppl)),
                               solve_seconds=sum(seconds) / len(seconds)))  # fmt: skip
         LOGGER.info("%s", {k: v for k, v in rows[-1].items() if not k.endswith("ci95")})
@@ -61,12 +75,14 @@ def markdown(result: dict) -> str:
         "",
         f"Editor `{result['recipe']}`; CounterFact train records {result['records']} (never trained on).",
         "",
-        "| edits/batch | ridge x | protect x | rewrite | rephrase | locality | ppl change | solve s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| edits/batch | ridge x | protect x | neighbours x weight | rewrite | rephrase | locality | ppl change "
+        "| solve s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
+        guard = f"{row['neighbours']} x {row['neighbour_weight']:g}" if row.get("neighbours") else "-"
         lines.append(
-            f"| {row['edits']} | {row['ridge_multiplier']:g} | {row['protect_multiplier']:g} | "
+            f"| {row['edits']} | {row['ridge_multiplier']:g} | {row['protect_multiplier']:g} | {guard} | "
             f"{row['rewrite']:.3f} | {row['rephrase']:.3f} | {row['locality']:.3f} | "
             f"{row['ppl_change']:+.2%} | {row['solve_seconds']:.2f} |"
         )
@@ -85,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="16")
     parser.add_argument("--grid", type=_grid, default=_grid("1x1,1x16,1x256,1x4096"))
     parser.add_argument("--ppl-batches", type=int, default=1)
+    parser.add_argument(
+        "--bank-records", type=int, default=3000, help="CounterFact edit records for neighbours"
+    )
     args = parser.parse_args(argv)
     configure_logging()
     from editing.core.models import load_model
@@ -97,9 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     first = recipe.train_records
     records = read_records(args.data_dir / TRAIN_FILE, limit=first + args.records).records[first:]
     bench = Bench.measure(loaded, read_texts(args.data_dir / PPL_TEXTS, limit=100))
+    bank = None
+    if any(cell[2] for cell in args.grid):  # less every prompt this sweep scores
+        scored = [
+            p for r in records for p in (r.prompt, *r.rephrase_prompts, *(q.prompt for q in r.locality))
+        ]
+        bank = neighbour_bank_for(loaded, args.data_dir, args.work, records=args.bank_records).without(scored)
     rows = []
     for size in (int(s) for s in args.batch_sizes.split(",")):
-        rows += sweep(bench, editor, records, size, args.grid, args.ppl_batches)
+        rows += sweep(bench, editor, records, size, args.grid, args.ppl_batches, bank)
     result = {"machine": _machine(args.device), "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"),
               "recipe": recipe.name, "training": training, "records": f"{first}..{first + len(records) - 1}",
               "arguments": {k: str(v) for k, v in vars(args).items()}, "rows": rows}  # fmt: skip

@@ -50,6 +50,17 @@ def _restore_base(champion) -> LoadedModel:
     return replace(champion.loaded, fingerprint=champion.metadata.base_fingerprint)
 
 
+def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
+    """The editor with neighbour protection from the base model's bank, less what this store's gate scores."""
+    from editing.mend.neighbours import NeighbourSettings
+    from tasks.protected import neighbour_bank_for, store_scored_prompts
+
+    bank = neighbour_bank_for(settings, base, store_scored_prompts(settings.open_store()))
+    return editor.with_neighbours(
+        bank, NeighbourSettings(settings.edit_neighbours, settings.edit_neighbour_weight)
+    )
+
+
 def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, workspace):
     """The update of the whole ledger, computed on the base model; returns (result, manifest)."""
     store = settings.open_store()
@@ -97,9 +108,12 @@ def apply_edits(
     model, tokenizer = champion.loaded.model, champion.loaded.tokenizer
     manifest, ledger_ids = None, [*champion.metadata.ledger_flag_ids, *flag_ids]
     if settings.editor == "mend":
-        editor = build_editor("mend", _restore_base(champion), editor_path=editor_dir).with_multipliers(
+        base = _restore_base(champion)
+        editor = build_editor("mend", base, editor_path=editor_dir).with_multipliers(
             ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier
         )
+        if settings.edit_neighbours:
+            editor = _with_neighbours(settings, editor, base)
         result, manifest, ledger_ids = _ledger_edit(
             settings, champion, editor, records, run_id, editor_uri, workspace
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from editing.core.models import LoadedModel, cache_dir
 from editing.core.targets import resolve_scope
 from editing.data.protected_sources import protected_sources
+from editing.mend.neighbours import BANK_FILE, NeighbourBank, build_neighbour_bank
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
 from tasks.dataset import REFERENCE_PROMPTS_KEY
 from tasks.flags import read_flag_log
@@ -79,3 +80,22 @@ def cached_protected_keys(
     protected.save(directory)
     LOGGER.info("measured protected keys in %.0f s: %s", time.perf_counter() - started, protected.info)
     return protected
+
+
+def neighbour_bank_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequence[str]) -> NeighbourBank:
+    """The base model's neighbour bank (editing.mend.neighbours), from the cache or built now, less the
+    facts whose prompts are in ``exclude`` (what this store's gate scores)."""
+    sources = protected_sources(settings.data_dir, texts=0, facts=settings.neighbour_bank_records)
+    digest = hashlib.sha256(json.dumps([(f.prompt, f.answer) for f in sources.facts]).encode()).hexdigest()
+    directory = cache_dir() / "neighbours" / f"{loaded.fingerprint[:16]}-{digest[:16]}"
+    if (directory / BANK_FILE).is_file():
+        bank = NeighbourBank.load(directory, base_fingerprint=loaded.fingerprint)
+    else:
+        started = time.perf_counter()
+        bank = build_neighbour_bank(
+            loaded.model, loaded.tokenizer, resolve_scope(loaded.model), loaded.fingerprint, sources.facts
+        )
+        bank.save(directory)
+        LOGGER.info("built the neighbour bank in %.0f s: %d known facts of %d",
+                    time.perf_counter() - started, len(bank.facts), len(sources.facts))  # fmt: skip
+    return bank.without(exclude)

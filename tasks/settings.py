@@ -56,6 +56,11 @@ class FixSettings:
     # Edit-time scaling of the editor's learned ridge and protection (benchmarks/solver_sweep.py).
     edit_ridge_multiplier: float
     edit_protect_multiplier: float
+    # Neighbour protection (editing.mend.neighbours): each edit's nearest known facts, from the first
+    # ``neighbour_bank_records`` CounterFact edit-split records, held in place by the solve; 0 is off.
+    edit_neighbours: int
+    edit_neighbour_weight: float
+    neighbour_bank_records: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
     # whose facts the model answers right (editing.data.protected_sources).
@@ -87,10 +92,12 @@ class FixSettings:
             "protected_facts",
             "edit_ridge_multiplier",
             "editor_general_text_every",
+            "neighbour_bank_records",
         ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier"):
+        for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
+                     "edit_neighbours", "edit_neighbour_weight"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.editor_aggregation not in AGGREGATIONS:
@@ -127,6 +134,9 @@ class FixSettings:
             ),
             "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
             "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
+            "edit_neighbours": int(_number("MEND_EDIT_NEIGHBOURS", 0)),
+            "edit_neighbour_weight": _number("MEND_EDIT_NEIGHBOUR_WEIGHT", 1.0),
+            "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

@@ -28,6 +28,7 @@ from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
 from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
 from editing.mend.editor_net import MendNetwork
+from editing.mend.neighbours import NeighbourBank, NeighbourSettings, neighbour_rows
 from editing.mend.protected import ProtectedKeys
 from editing.mend.rows import EditRows, concat_rows
 
@@ -128,6 +129,7 @@ class MendEditor:
         *,
         ridge_multiplier: float = 1.0,
         protect_multiplier: float = 1.0,
+        neighbours: tuple[NeighbourBank, NeighbourSettings] | None = None,
     ):
         if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
@@ -140,6 +142,8 @@ class MendEditor:
         # Edit-time scaling of the learned ridge and protection weights (1 = as trained): more of either
         # trades edit strength for locality in a large batch, where training saw at most its largest group.
         self.ridge_multiplier, self.protect_multiplier = ridge_multiplier, protect_multiplier
+        # Each edit's nearest known facts, held in place by the solve (editing.mend.neighbours).
+        self.neighbours = neighbours
         # Per weight, the solver settings with the factorised prior: they depend only on the (frozen)
         # network and the protected keys, so they are computed on first use and kept.
         self._solvers: dict[str, SolverSettings] = {}
@@ -147,8 +151,18 @@ class MendEditor:
     def with_multipliers(self, *, ridge: float = 1.0, protect: float = 1.0) -> MendEditor:
         """The same trained network with the learned ridge and protection scaled at edit time."""
         return MendEditor(
-            self.network, self.scope, self.protected, ridge_multiplier=ridge, protect_multiplier=protect
-        )
+            self.network, self.scope, self.protected, ridge_multiplier=ridge, protect_multiplier=protect,
+            neighbours=self.neighbours,
+        )  # fmt: skip
+
+    def with_neighbours(self, bank: NeighbourBank, settings: NeighbourSettings) -> MendEditor:
+        """The same editor, protecting each edit's ``settings.per_edit`` nearest facts of ``bank``."""
+        if self.aggregation is not Aggregation.LEAST_SQUARES and settings.per_edit:
+            raise ValueError("neighbour protection needs least-squares aggregation")
+        return MendEditor(
+            self.network, self.scope, self.protected, ridge_multiplier=self.ridge_multiplier,
+            protect_multiplier=self.protect_multiplier, neighbours=(bank, settings),
+        )  # fmt: skip
 
     @property
     def aggregation(self) -> Aggregation:
@@ -194,7 +208,27 @@ class MendEditor:
         rows = concat_rows(parts)
         LOGGER.info("%d edit(s): %d rows, mean edit loss before %.3f", len(records), rows.row_record.shape[0],
                     sum(losses) / len(records))  # fmt: skip
-        return rows
+        return self._with_neighbour_rows(rows, model, tokenizer, records)
+
+    def _with_neighbour_rows(self, rows: EditRows, model: nn.Module, tokenizer, records) -> EditRows:
+        """``rows`` plus each record's zero-shift neighbour rows, when neighbour protection is on."""
+        if self.neighbours is None or not self.neighbours[1].per_edit:
+            return rows
+        bank, settings = self.neighbours
+        protect = {name: self.solver(name).protect for name in rows.weight_names}
+        keys, owners = neighbour_rows(bank, model, tokenizer, records, settings, protect)
+        zeros = {
+            name: torch.zeros(len(owners), rows.pseudo_values[name].shape[1]) for name in rows.weight_names
+        }
+        return EditRows(
+            {name: torch.cat([rows.keys[name], keys[name].to(rows.keys[name])]) for name in rows.weight_names},
+            {name: torch.cat([rows.pseudo_keys[name], torch.zeros_like(keys[name]).to(rows.keys[name])])
+             for name in rows.weight_names},
+            {name: torch.cat([rows.pseudo_values[name], zeros[name].to(rows.pseudo_values[name])])
+             for name in rows.weight_names},
+            torch.cat([rows.row_record, owners]),
+            rows.record_ids,
+        )  # fmt: skip
 
     def solver(self, name: str) -> SolverSettings:
         """The least-squares settings of one edited weight: learned weights, protected moment, prior."""

@@ -118,7 +118,7 @@ class _MomentSum:
 
 
 @contextmanager
-def _layer_inputs(model: nn.Module, scope: EditScope) -> Iterator[dict[str, torch.Tensor]]:
+def layer_inputs(model: nn.Module, scope: EditScope) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, ``inputs[weight_name]`` holds each edited layer's last input; hooks always removed."""
     inputs: dict[str, torch.Tensor] = {}
     handles = []
@@ -143,7 +143,7 @@ def _layer_inputs(model: nn.Module, scope: EditScope) -> Iterator[dict[str, torc
 def _text_moments(model, tokenizer, scope, texts, max_tokens, batch_size, progress) -> _MomentSum:
     total = _MomentSum()
     device = next(model.parameters()).device
-    with _layer_inputs(model, scope) as inputs:
+    with layer_inputs(model, scope) as inputs:
         for start in range(0, len(texts), batch_size):
             encoded = [
                 (tokenizer(text)["input_ids"][:max_tokens], 1) for text in texts[start : start + batch_size]
@@ -163,7 +163,7 @@ def _fact_moments(model, tokenizer, scope, facts, batch_size, progress) -> tuple
     total, right = _MomentSum(), 0
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    with _layer_inputs(model, scope) as inputs:
+    with layer_inputs(model, scope) as inputs:
         for start in range(0, len(facts), batch_size):
             chunk = facts[start : start + batch_size]
             batch = collate(

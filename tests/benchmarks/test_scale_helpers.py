@@ -25,3 +25,13 @@ def test_evaluating_without_unedited_scores_is_refused():
     bench = Bench(loaded=None, texts=[])
     with pytest.raises(RuntimeError, match="scores_before"):
         bench.evaluate([EditRecord("r1", "The capital of France is", "Rome")], with_perplexity=False)
+
+
+def test_solver_grid_cells_name_multipliers_and_optionally_neighbours():
+    import argparse
+
+    from benchmarks.solver_sweep import _grid
+
+    assert _grid("1x1,0.125x16,1x1x8x10") == [(1.0, 1.0, 0, 0.0), (0.125, 16.0, 0, 0.0), (1.0, 1.0, 8, 10.0)]
+    with pytest.raises(argparse.ArgumentTypeError, match="1x2x3"):
+        _grid("1x2x3")

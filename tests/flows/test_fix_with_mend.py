@@ -43,9 +43,14 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     assert training.data.params["editor_solve_keys"] == "network"
 
     _flag(settings, *PROMPTS[1])
-    second = nightly_fix(overrides=settings.to_json())
+    # The second night also protects each edit's nearest known facts (a random model knows none of the
+    # bank's facts, so this checks the plumbing; tests/editing/test_neighbours.py checks the effect).
+    guarded = settings.with_changes(edit_neighbours=4, neighbour_bank_records=20)
+    second = nightly_fix(overrides=guarded.to_json())
     assert second.editor_uri == first.editor_uri and second.candidate_version == "3"
     assert len(_editor_versions(settings)) == 1  # found by the base model's fingerprint, not retrained
+    params = mlflow.MlflowClient(tracking_uri=settings.tracking_uri).get_run(second.mlflow_run_id).data.params
+    assert params["edit_neighbours"] == "4"
 
 
 THIRD = ("The mother tongue of Danielle Darrieux is", "English", (), "Danielle Darrieux")
@@ -110,7 +115,8 @@ def test_candidates_are_the_base_plus_one_solve_of_the_whole_ledger_and_follow_a
 
 def test_general_texts_for_training_leave_out_the_gates_reference_texts(make_settings):
     from editing.data.records import read_texts
-    from tasks.editor import GENERAL_TEXTS, general_texts
+    from editing.data.protected_sources import GENERAL_TEXTS
+    from tasks.editor import general_texts
     from tasks.evaluate import REFERENCE_TEXTS
 
     settings = make_settings()
