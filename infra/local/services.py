@@ -127,6 +127,8 @@ def start_mlflow(config: StackConfig, service: Service) -> None:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth", "",
     ]))  # fmt: skip
     environment = base_environment() | config.s3_environment() | {
+        # The server's job runner (GenAI evaluation jobs, seven consumer processes) has no work here.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": config.flask_secret}  # fmt: skip
     command = [_executable("mlflow"), "server", "--app-name", "basic-auth",
                "--backend-store-uri", config.database_url(config.mlflow_database),
