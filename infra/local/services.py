@@ -174,6 +174,9 @@ def start_prefect_server(config: StackConfig, service: Service, *, ui: bool) -> 
     environment = prefect_environment(config, "prefect-server") | {
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": config.database_url(config.prefect_database, "asyncpg"),
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        # Prefect's 5 s connect and 10 s statement timeouts fail its own services on a busy 2-core machine.
+        "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
     }
     environment.pop("PREFECT_API_URL")  # the server itself is not a client of an API
     command = [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(config.prefect_port)]

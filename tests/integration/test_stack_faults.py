@@ -159,7 +159,9 @@ def test_worker_killed_mid_run_then_a_rerun_finishes(
     environment = worker_environment(local_stack.state_dir, tiny_base_dir)
     restarted = stack.up(local_stack.state_dir, worker_environment=environment, ui=False)
     assert restarted.started == ["worker"]
-    rerun = run_deployment(local_stack, NIGHTLY)
+    # The rerun goes through the other fix deployment: the killed run's own deployment slot is a lease
+    # that nobody renews any more, and this test need not wait for it to expire.
+    rerun = run_deployment(local_stack, "nightly-fix/on-flags")
     finished = wait_for_flow_run(local_stack, rerun)
     assert finished.state_type.value == "COMPLETED", finished.state
     with mlflow_user(local_stack.pipeline_user, local_stack.pipeline_password):
