@@ -10,6 +10,7 @@ worker first; ``down --purge`` also drops the databases and deletes the state di
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = Path(".mend") / "stack"  # relative to the project; ignored by git
 SERVICE_NAMES = ("seaweed", "mlflow", "prefect-server", "worker")  # start order; stopped in reverse
 CLIENT_ENV = "client.env"
+WORKER_EXTRA = "worker-extra.json"
 
 
 @dataclass
@@ -87,6 +89,16 @@ def write_client_env(config: StackConfig, extra: Mapping[str, str] = ()) -> Path
     return path
 
 
+def _worker_extra(config: StackConfig, given: Mapping[str, str] | None) -> dict[str, str]:
+    """The worker's extra settings (e.g. a smaller model): as given, else as given on an earlier ``up``,
+    so a restarted worker and ``client.env`` keep them."""
+    path = config.state_dir / WORKER_EXTRA
+    if given is None:
+        return json.loads(path.read_text()) if path.exists() else {}
+    services._private_file(path, json.dumps(dict(given), indent=1))
+    return dict(given)
+
+
 def up(
     state_dir: Path | None = None,
     *,
@@ -96,6 +108,7 @@ def up(
     """Start whatever of the stack is not running; apply deployments when anything was started."""
     began = time.monotonic()
     config = load_or_create(state_dir or state_dir_from_env())
+    extra = _worker_extra(config, worker_environment)
     result = UpResult(config, {})
     create_databases(config)
     starters = {
@@ -112,9 +125,9 @@ def up(
     if result.started or processes.running_pid(worker) is None:
         services.apply_deployments(config, PROJECT_DIR)
         if processes.running_pid(worker) is None:
-            services.start_worker(config, worker, PROJECT_DIR, dict(worker_environment or {}))
+            services.start_worker(config, worker, PROJECT_DIR, extra)
             result.started.append("worker")
-    write_client_env(config, worker_environment or {})
+    write_client_env(config, extra)
     result.pids = {name: processes.running_pid(service(config, name)) for name in SERVICE_NAMES}
     result.seconds = time.monotonic() - began
     return result

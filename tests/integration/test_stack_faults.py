@@ -24,7 +24,6 @@ from tests.integration.stack_fixtures import (
     prefect_client,
     run_deployment,
     wait_for_flow_run,
-    worker_environment,
 )
 from tests.integration.test_stack import pipeline_store
 
@@ -138,9 +137,7 @@ def _flow_run_processes(flow_run_id: str) -> list[int]:
     return found
 
 
-def test_worker_killed_mid_run_then_a_rerun_finishes(
-    local_stack: StackConfig, stack_fix_run: FixRunOnStack, tiny_base_dir: Path
-):
+def test_worker_killed_mid_run_then_a_rerun_finishes(local_stack: StackConfig, stack_fix_run: FixRunOnStack):
     from prefect.states import Crashed
 
     before, flag_ids = versions(local_stack), add_flags(local_stack, 3)
@@ -156,8 +153,7 @@ def test_worker_killed_mid_run_then_a_rerun_finishes(
     # What an operator (or Prefect's zombie detection) does with a run whose process is gone.
     with prefect_client(local_stack) as client:
         client.set_flow_run_state(killed_run, Crashed(message="worker killed by the fault test"), force=True)
-    environment = worker_environment(local_stack.state_dir, tiny_base_dir)
-    restarted = stack.up(local_stack.state_dir, worker_environment=environment, ui=False)
+    restarted = stack.up(local_stack.state_dir, ui=False)  # with the settings the worker had before
     assert restarted.started == ["worker"]
     # The rerun goes through the other fix deployment: the killed run's own deployment slot is a lease
     # that nobody renews any more, and this test need not wait for it to expire.
