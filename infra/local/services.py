@@ -142,8 +142,11 @@ def start_mlflow(config: StackConfig, service: Service) -> None:
     )
 
 
-def ensure_mlflow_user(config: StackConfig, user: str, password: str) -> None:
-    """Create ``user`` through the auth API as the admin; an existing user is left as it is."""
+def ensure_mlflow_user(config: StackConfig, user: str, password: str, attempts: int = 3) -> None:
+    """Create ``user`` through the auth API as the admin; an existing user is left as it is.
+
+    Hashing a password is deliberately slow, and on a busy machine an answer can take longer than the
+    timeout; the request is then repeated, and a user the timed-out request did create counts."""
     request = urllib.request.Request(
         f"{config.mlflow_url}/api/2.0/mlflow/users/create",
         data=json.dumps({"username": user, "password": password}).encode(),
@@ -151,15 +154,20 @@ def ensure_mlflow_user(config: StackConfig, user: str, password: str) -> None:
                  **_auth_header(config.mlflow_admin_user, config.mlflow_admin_password)},
         method="POST",
     )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30):
-            return
-    except urllib.error.HTTPError as error:
-        body = error.read().decode(errors="replace")
-        if "RESOURCE_ALREADY_EXISTS" not in body:
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=120):
+                return
+        except urllib.error.HTTPError as error:
+            body = error.read().decode(errors="replace")
+            if "RESOURCE_ALREADY_EXISTS" in body:
+                return
             raise RuntimeError(
                 f"creating MLflow user {user!r} failed: HTTP {error.code}: {body[:300]}"
             ) from None
+        except (TimeoutError, urllib.error.URLError) as error:
+            if attempt == attempts:
+                raise RuntimeError(f"creating MLflow user {user!r}: no answer ({error})") from None
 
 
 # Prefect -----------------------------------------------------------------------------------------
