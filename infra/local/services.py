@@ -124,7 +124,10 @@ def start_mlflow(config: StackConfig, service: Service) -> None:
         "[mlflow]", "default_permission = READ",
         f"database_uri = {config.database_url(config.mlflow_auth_database)}",
         f"admin_username = {config.mlflow_admin_user}", f"admin_password = {config.mlflow_admin_password}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth", "",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        # Each request otherwise re-hashes its password (PBKDF2): a fix run makes hundreds. One server
+        # worker, so a changed password is seen at once on it; only successful checks are cached.
+        "auth_cache_ttl_seconds = 60", "",
     ]))  # fmt: skip
     environment = base_environment() | config.s3_environment() | {
         # The server's job runner (GenAI evaluation jobs, seven consumer processes) has no work here.
