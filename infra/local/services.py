@@ -141,7 +141,7 @@ def start_mlflow(config: StackConfig, service: Service) -> None:
     # With basic auth on, even /health wants credentials.
     admin = _auth_header(config.mlflow_admin_user, config.mlflow_admin_password)
     processes.wait_ready(
-        service, lambda: processes.http_ok(f"{config.mlflow_url}/health", admin), timeout_s=600
+        service, lambda: processes.http_ok(f"{config.mlflow_url}/health", admin), timeout_s=900
     )
 
 
@@ -194,7 +194,7 @@ def start_prefect_server(config: StackConfig, service: Service, *, ui: bool) -> 
     (config.state_dir / "prefect-server").mkdir(parents=True, exist_ok=True)
     processes.start(service, command, environment, config.state_dir)
     processes.wait_ready(
-        service, lambda: processes.http_ok(f"{config.prefect_api_url}/health"), timeout_s=300
+        service, lambda: processes.http_ok(f"{config.prefect_api_url}/health"), timeout_s=900
     )
 
 
