@@ -90,7 +90,7 @@ def start_seaweed(config: StackConfig, service: Service) -> None:
             f"-filer.localSocket={directory / 'filer.sock'}",
         ]
     processes.start(service, command, base_environment(), directory)
-    processes.wait_ready(service, lambda: _buckets_ready(config), timeout_s=120)
+    processes.wait_ready(service, lambda: _buckets_ready(config), timeout_s=300)
 
 
 def _buckets_ready(config: StackConfig) -> bool:
@@ -231,7 +231,7 @@ def start_worker(
     command = [_executable("prefect"), "worker", "start", "--pool", WORK_POOLS[0], "--type", "process",
                "--name", WORKER_NAME]  # fmt: skip
     processes.start(service, command, environment, project_dir)
-    processes.wait_ready(service, lambda: _worker_polling(config), timeout_s=180)
+    processes.wait_ready(service, lambda: _worker_polling(config), timeout_s=600)
 
 
 def _worker_polling(config: StackConfig) -> bool:
