@@ -12,7 +12,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver clean
+.PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver clean \
+	services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -72,3 +73,16 @@ run-night2: model
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The team's stack on this machine, no containers: SeaweedFS (S3), MLflow (PostgreSQL, basic auth),
+# a Prefect server (PostgreSQL) and a process worker on mend-cpu, deployments applied. Ports and
+# credentials: .mend/stack/stack.env (generated on first start; MEND_STACK_DIR moves the state).
+services-up: setup
+	$(BIN)/python -m infra.local.stack up
+
+services-down: setup
+	$(BIN)/python -m infra.local.stack down
+
+# The demo against the stack: flags by `mend flag`, the on-flags trigger, the worker runs the fix.
+run-services: model services-up
+	$(BIN)/python -m infra.local.run_demo

@@ -3,6 +3,7 @@ registry aliases), so at most one of them may run at a time, across every deploy
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -12,6 +13,22 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEDGER_LIMIT = "mend-ledger"
+# The slot is a lease the holder renews while it runs. A run whose process died (a killed worker) holds
+# it until the lease expires, so the lease is what a rerun waits for. Prefect's server accepts 60 s to a
+# day; 300 s is Prefect's default.
+LEASE_ENV = "MEND_LEDGER_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+def lease_seconds() -> float:
+    raw = os.environ.get(LEASE_ENV, str(DEFAULT_LEASE_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{LEASE_ENV}={raw!r} is not a number of seconds") from None
+    if not 60 <= value <= 86400:
+        raise ValueError(f"{LEASE_ENV}={raw!r}: Prefect leases last 60 s to one day")
+    return value
 
 
 def ensure_limit(name: str, limit: int = 1) -> None:
@@ -30,5 +47,5 @@ def ensure_limit(name: str, limit: int = 1) -> None:
 def ledger_lock() -> Iterator[None]:
     """Hold the one ``mend-ledger`` slot for the duration of the block (waiting for it if taken)."""
     ensure_limit(LEDGER_LIMIT)
-    with concurrency(LEDGER_LIMIT, occupy=1, strict=True):
+    with concurrency(LEDGER_LIMIT, occupy=1, strict=True, lease_duration=lease_seconds()):
         yield

@@ -45,25 +45,36 @@ def read_facts(path: Path) -> list[dict[str, str]]:
     return facts
 
 
-def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -> SeedResult:
+def ask_facts(
+    settings: FixSettings, facts: list[dict[str, str]], champion_version: str
+) -> tuple[list[tuple[dict[str, str], str]], list[dict[str, str]]]:
+    """Ask the champion every fact's prompt: (wrong facts with the answer given, facts answered right)."""
     from editing.core.generate import answer_matches, greedy_complete
 
+    champion = load_version(settings, champion_version).loaded
+    answers = greedy_complete(champion.model, champion.tokenizer, [fact["prompt"] for fact in facts])
+    wrong = [(f, a) for f, a in zip(facts, answers, strict=True) if not answer_matches(a, f["answer"])]
+    right = [f for f, a in zip(facts, answers, strict=True) if answer_matches(a, f["answer"])]
+    return wrong, right
+
+
+def add_reference_prompts(store, right: list[dict[str, str]]) -> None:
+    """Facts the model knows join the locality pool: exactly what an edit must not break."""
+    earlier = (
+        store.read_text(REFERENCE_PROMPTS_KEY).splitlines() if store.exists(REFERENCE_PROMPTS_KEY) else []
+    )
+    lines = dict.fromkeys([*earlier, *(json.dumps({"prompt": f["prompt"]}) for f in right)])
+    store.write_text(REFERENCE_PROMPTS_KEY, "".join(line + "\n" for line in lines if line.strip()))
+
+
+def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -> SeedResult:
     store = settings.open_store()
     marker = seeded_key(facts_path)
     if store.exists(marker):
         seeded = store.read_json(marker)
         return SeedResult(seeded["asked"], seeded["wrong"], True, [])
     facts = read_facts(facts_path)
-    champion = load_version(settings, champion_version).loaded
-    answers = greedy_complete(champion.model, champion.tokenizer, [fact["prompt"] for fact in facts])
-    wrong = [
-        (fact, answer)
-        for fact, answer in zip(facts, answers, strict=True)
-        if not answer_matches(answer, fact["answer"])
-    ]
-    right = [
-        fact for fact, answer in zip(facts, answers, strict=True) if answer_matches(answer, fact["answer"])
-    ]
+    wrong, right = ask_facts(settings, facts, champion_version)
     flags = [
         Flag.create(
             model_name=settings.registered_model,
@@ -80,11 +91,7 @@ def seed_flags(settings: FixSettings, facts_path: Path, champion_version: str) -
     ]
     if flags:
         append_flags(store, flags)
-    earlier = (
-        store.read_text(REFERENCE_PROMPTS_KEY).splitlines() if store.exists(REFERENCE_PROMPTS_KEY) else []
-    )
-    lines = dict.fromkeys([*earlier, *(json.dumps({"prompt": f["prompt"]}) for f in right)])
-    store.write_text(REFERENCE_PROMPTS_KEY, "".join(line + "\n" for line in lines if line.strip()))
+    add_reference_prompts(store, right)
     store.write_json(marker, {"asked": len(facts), "wrong": len(wrong), "facts": str(facts_path)})
     LOGGER.info("demo: asked %d questions, flagged %d wrong answers", len(facts), len(wrong))
     examples = [{"prompt": f["prompt"], "answer": a, "correction": f["answer"]} for f, a in wrong[:5]]

@@ -57,3 +57,21 @@ def test_ledger_lock_lets_one_holder_in_at_a_time():
     first.join(timeout=120)
     second.join(timeout=120)
     assert events == [("first", "enter"), ("first", "exit"), ("second", "enter"), ("second", "exit")]
+
+
+@pytest.mark.parametrize("raw", ["59", "86401", "soon"])
+def test_ledger_lease_outside_what_prefect_accepts_is_refused(raw, monkeypatch):
+    from flows.locks import LEASE_ENV, lease_seconds
+
+    monkeypatch.setenv(LEASE_ENV, raw)
+    with pytest.raises(ValueError, match=LEASE_ENV):
+        lease_seconds()
+
+
+def test_ledger_lease_defaults_to_prefects_and_reads_the_environment(monkeypatch):
+    from flows.locks import LEASE_ENV, lease_seconds
+
+    monkeypatch.delenv(LEASE_ENV, raising=False)
+    assert lease_seconds() == 300.0
+    monkeypatch.setenv(LEASE_ENV, "60")
+    assert lease_seconds() == 60.0

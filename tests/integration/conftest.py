@@ -11,6 +11,7 @@ import pytest
 from tasks.s3_store import S3Store
 from tasks.storage import open_store
 from tests.integration.seaweed import SeaweedS3, seaweed_s3_server
+from tests.integration.stack_fixtures import local_stack, stack_fix_run  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
