@@ -48,7 +48,9 @@ class EvaluationSpec:
     def chunks(self) -> list[tuple[int, int]]:
         """(offset, count) of each task, in dataset order."""
         end = self.offset + self.limit
-        return [(start, min(self.chunk_size, end - start)) for start in range(self.offset, end, self.chunk_size)]
+        return [
+            (start, min(self.chunk_size, end - start)) for start in range(self.offset, end, self.chunk_size)
+        ]
 
 
 def evaluate_chunk(spec: EvaluationSpec, offset: int, count: int) -> list[dict[str, Any]]:

@@ -122,7 +122,9 @@ def save_editor(
         editor.protected.save(staging)
     # Loading checks these before reading a byte of the tensors (verify_checksums).
     description["checksums_sha256"] = {
-        name: _sha256(staging / name) for name in (EDITOR_TENSORS, PROTECTED_FILE) if (staging / name).is_file()
+        name: _sha256(staging / name)
+        for name in (EDITOR_TENSORS, PROTECTED_FILE)
+        if (staging / name).is_file()
     }
     (staging / EDITOR_JSON).write_text(json.dumps(description, indent=2, default=float))
     if trainer is not None:

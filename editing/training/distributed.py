@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from editing.config import EditorConfig, TrainConfig
-from editing.mend.editor_net import MendNetwork, RunningNormalizer
+from editing.mend.editor_net import RunningNormalizer
 from editing.training.objective import EditGroup
 from editing.training.trainer import EditorTrainer
 

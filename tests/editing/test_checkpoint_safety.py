@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from editing.config import EditorConfig
 from editing.core.snapshot import SnapshotError, load_snapshot
 from editing.core.targets import resolve_scope
@@ -33,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def checkpoint(tiny_llama, tmp_path) -> Path:
     scope = resolve_scope(tiny_llama.model)
     editor = MendEditor(MendNetwork(scope.layers, EditorConfig()), scope, tiny_protected(tiny_llama))
-    return save_editor(tmp_path / "editor", editor, base_fingerprint=tiny_llama.fingerprint, model_type="llama")
+    return save_editor(
+        tmp_path / "editor", editor, base_fingerprint=tiny_llama.fingerprint, model_type="llama"
+    )
 
 
 def test_an_intact_checkpoint_records_and_passes_its_checksums(checkpoint, tiny_llama):
@@ -52,7 +55,9 @@ def test_a_damaged_checkpoint_is_refused_by_its_checksum(checkpoint, tiny_llama,
     else:
         data[-5] ^= 0x01  # one bit of one weight: still a valid safetensors file
     path.write_bytes(bytes(data))
-    with pytest.raises(EditorChecksumError, match=rf"{re.escape(name)}: sha256 .* does not match the recorded"):
+    with pytest.raises(
+        EditorChecksumError, match=rf"{re.escape(name)}: sha256 .* does not match the recorded"
+    ):
         load_editor(checkpoint, base_fingerprint=tiny_llama.fingerprint)
 
 
@@ -91,7 +96,9 @@ def test_an_altered_candidate_snapshot_is_refused_before_use(tiny_llama, tmp_pat
     from editing.core.models import LoadedModel
     from tests.integration.mlflow_fixtures import edit_and_snapshot
 
-    edited = LoadedModel(copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer, tiny_llama.fingerprint, "tiny")
+    edited = LoadedModel(
+        copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer, tiny_llama.fingerprint, "tiny"
+    )
     directory, _ = edit_and_snapshot(edited, tmp_path / "snapshot", derived_from_version="1")
     load_snapshot(directory)  # intact: accepted
     tensors = directory / "changed.safetensors"

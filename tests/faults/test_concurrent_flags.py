@@ -26,10 +26,25 @@ def test_ten_concurrent_flag_writers_lose_and_duplicate_nothing(s3_server, s3_pr
     mend = str(Path(sys.executable).parent / "mend")
     writers = [
         subprocess.Popen(
-            [mend, "flag", "--prompt", f"The capital of country {n} is", "--correction", f"City {n}",
-             "--prediction", "Paris", "--reporter", f"writer-{n}", "--model-version", "1"],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                mend,
+                "flag",
+                "--prompt",
+                f"The capital of country {n} is",
+                "--correction",
+                f"City {n}",
+                "--prediction",
+                "Paris",
+                "--reporter",
+                f"writer-{n}",
+                "--model-version",
+                "1",
+            ],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(WRITERS)
     ]
     outputs = [writer.communicate(timeout=300) for writer in writers]

@@ -24,7 +24,9 @@ def _task_run_counts(flow_run_id) -> list[int]:
 
     async def read():
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
             return [run.run_count for run in runs]
 
     return asyncio.run(read())
@@ -55,7 +57,7 @@ def test_extract_retries_with_backoff_then_fails_and_leaves_every_flag_pending(
         monkeypatch.setenv(name, dead)
     monkeypatch.setenv("MEND_S3_MAX_ATTEMPTS", "2")  # botocore's own retries, kept short here
     settings = make_settings(store_uri=s3_prefix_uri, registered_model="mend-fault")
-    assert EXTRACT_RETRY_DELAYS == sorted(EXTRACT_RETRY_DELAYS) and len(set(EXTRACT_RETRY_DELAYS)) == 3
+    assert sorted(EXTRACT_RETRY_DELAYS) == EXTRACT_RETRY_DELAYS and len(set(EXTRACT_RETRY_DELAYS)) == 3
     # The production schedule scaled down 50x: the same backoff, in seconds a test can wait.
     quick = extract_task.with_options(retry_delay_seconds=[delay / 50 for delay in EXTRACT_RETRY_DELAYS])
 

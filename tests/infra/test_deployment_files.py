@@ -71,7 +71,9 @@ def test_no_credential_is_written_into_the_deployment_files():
             assert not (CREDENTIAL_NAME.search(key) and value), f"cluster.env.example fills in {key}"
     for path in [INFRA / "docker" / "Dockerfile", *sorted((INFRA / "k8s").iterdir())]:
         text = path.read_text()
-        assert not re.search(r"(?i)(password|secret_access_key|secret)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{8,}", text), path
+        assert not re.search(
+            r"(?i)(password|secret_access_key|secret)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{8,}", text
+        ), path
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -102,7 +104,9 @@ def test_the_image_installs_exactly_the_pins_of_pyproject():
             if requirement == ".":
                 continue
             name, _, version = requirement.partition("==")
-            assert pins.get(name.lower()) == version, f"Dockerfile installs {requirement}, pyproject pins {name}=={pins.get(name.lower())}"
+            assert pins.get(name.lower()) == version, (
+                f"Dockerfile installs {requirement}, pyproject pins {name}=={pins.get(name.lower())}"
+            )
     assert any("pip check" in argument for kind, argument in instructions if kind == "RUN")
 
 
@@ -173,5 +177,7 @@ def test_the_workers_poll_the_pools_the_deployments_name():
     polled = {s["command"][s["command"].index("--pool") + 1] for s in services.values()
               if isinstance(s.get("command"), list) and "--pool" in s["command"]}  # fmt: skip
     assert pools == polled == {"mend-cpu", "mend-gpu"}
-    (container,) = next(d for d in _manifests() if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = next(d for d in _manifests() if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
     assert container["args"][container["args"].index("--pool") + 1] in pools
