@@ -110,9 +110,10 @@ class Flag:
 MAX_TEXT_CHARS = {"prompt": 500, "correction": 200, "paraphrases": 500}
 MAX_OTHER_CHARS = 1_000
 MAX_PARAPHRASES = 20
-# Line breaks and tabs are part of prompts ("Q: ...\nA:"); every other control character (NUL, escape
-# sequences, carriage returns, DEL, C1) is refused: flag text is data that reaches terminals, logs and HTML.
-_ALLOWED_CONTROLS = {"\n", "\t"}
+# Line breaks (LF, and NEL U+0085 from pasted text) and tabs are part of prompts ("Q: ...\nA:"); every
+# other control character (NUL, escape sequences, carriage returns, DEL, the rest of C1) is refused: flag
+# text is data that reaches terminals, logs and HTML.
+_ALLOWED_CONTROLS = {"\n", "\t", "\x85"}
 
 
 def _text_problem(text: str, limit: int) -> str | None:

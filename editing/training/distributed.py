@@ -47,10 +47,11 @@ class ProcessGroup:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[ProcessGroup]:
+def process_group(device: str = "auto") -> Iterator[ProcessGroup]:
     """Join torchrun's process group (RANK, WORLD_SIZE, MASTER_ADDR/PORT from the environment): NCCL with
-    one GPU per process when CUDA is present, gloo otherwise. Always leaves the group."""
-    use_cuda = torch.cuda.is_available()
+    one GPU per process when training on CUDA (``TrainConfig.device``), gloo otherwise. Always leaves
+    the group."""
+    use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     backend = "nccl" if use_cuda else "gloo"
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank %(process)d %(message)s")
     train_config = _config(arguments.train_config, TrainConfig)
     editor_config = _config(arguments.editor_config, EditorConfig)
-    with process_group() as group:
+    with process_group(train_config.device) as group:
         loaded = load_model(arguments.model)
         records = read_records(arguments.records, limit=arguments.limit).records
         train, val = split_records(records, arguments.val_count, train_config.seed)
