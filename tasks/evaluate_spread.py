@@ -85,6 +85,7 @@ def dask_task_runner(workers: int, address: str | None = None):
     if workers < 1:
         raise EvaluationSpecError(f"workers must be >= 1, got {workers}")
     return DaskTaskRunner(
+        # A random dashboard port: a fixed one collides with any other cluster on the machine.
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None},
+                        "dashboard_address": ":0"},
     )  # fmt: skip
