@@ -49,6 +49,8 @@ def test_dask_workers_give_the_sequential_evaluation(tiny_base_dir):
     _assert_same_rows(spread.rows, sequential.rows)
     assert spread.aggregates.keys() == sequential.aggregates.keys()
     for name, value in sequential.aggregates.items():  # None where no record has the column
+        if name == "edit_seconds":  # wall time
+            continue
         assert spread.aggregates[name] == (value if value is None else pytest.approx(value, rel=1e-6)), name
     assert spread.aggregates["records"] == 40
 
