@@ -189,6 +189,11 @@ class TrainConfig(_Serializable):
     # Fraction of groups whose edits share a relation (the hard case for aggregation).
     same_relation_fraction: float = 0.0
     grad_accumulation: int = 1
+    # Sampler draws per optimizer step: the global batch is this many draws (each about ``batch_size``
+    # scored examples), their losses averaged over every scored example. Under torchrun each of N
+    # processes computes batch_shards / N of them (editing.training.distributed), so the global batch,
+    # and the trained editor, do not depend on how many processes share it.
+    batch_shards: int = 1
     grad_clip: float = 100.0
     max_steps: int = 10_000
     max_minutes: float | None = None
@@ -228,6 +233,7 @@ class TrainConfig(_Serializable):
             "batch_size",
             "general_text_every",
             "grad_accumulation",
+            "batch_shards",
             "max_steps",
             "val_every",
             "val_records",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -275,6 +276,11 @@ def _text_problem(field: str, item: Any) -> str:
         return f"{field} must be text, got {type(item).__name__}"
     if field in REQUIRED_FIELDS and not item.strip():
         return f"{field} is empty or only whitespace"
+    # The log may hold lines no `mend flag` checked: control characters (other than line breaks, LF and
+    # NEL, and tabs) would reach terminals, logs and the review page, so such a flag is quarantined.
+    for position, character in enumerate(item):
+        if unicodedata.category(character) == "Cc" and character not in "\n\t\x85":
+            return f"{field} holds control character U+{ord(character):04X} at position {position}"
     return ""
 
 

@@ -106,33 +106,52 @@ def evaluate(
     limit: Annotated[int, typer.Option(help="number of records")] = 20,
     offset: Annotated[int, typer.Option(help="first record")] = 0,
     out: Annotated[Path | None, typer.Option(help="write rows + aggregates as JSON")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Dask worker processes (>1: chunks of records in parallel, flows/evaluate_records.py)"
+        ),
+    ] = 1,
+    dask_address: Annotated[
+        str | None, typer.Option(envvar="MEND_DASK_ADDRESS", help="a running Dask scheduler to use instead")
+    ] = None,
 ) -> None:
     """Single edits over a dataset slice (each edit applied alone, then undone); print the metric table."""
     import json
 
+    from flows.cli_output import print_edit_report
+
+    if workers > 1 or dask_address:
+        from flows.evaluate_records import evaluate_records
+        from tasks.evaluate_spread import EvaluationSpec
+
+        spec = EvaluationSpec(str(data), editor, str(editor_path) if editor_path else None, str(model),
+                              limit, offset)  # fmt: skip
+        evaluation = evaluate_records(spec, workers=workers, address=dask_address)
+    else:
+        evaluation = _evaluate_here(data, editor, editor_path, model, limit, offset)
+    print_edit_report(evaluation, title=f"{editor}: {len(evaluation.rows)} single edits from {data.name}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(evaluation.to_json(), indent=2, default=str))
+
+
+def _evaluate_here(data: Path, editor: str, editor_path: Path | None, model: str, limit: int, offset: int):
     from rich.progress import Progress
 
     from editing.core.models import load_model
     from editing.editors import build_editor
     from editing.evaluation.evaluate import run_single_edits
-    from flows.cli_output import print_edit_report
 
     loaded = load_model(model)
     chosen = build_editor(editor, loaded, editor_path=editor_path)
     chunk = _records(data, limit, offset)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"{editor} single edits", total=len(chunk))
-        evaluation = run_single_edits(
-            chosen,
-            loaded.model,
-            loaded.tokenizer,
-            chunk,
+        return run_single_edits(
+            chosen, loaded.model, loaded.tokenizer, chunk,
             on_progress=lambda done, _: progress.update(task, completed=done),
-        )
-    print_edit_report(evaluation, title=f"{editor}: {len(chunk)} single edits from {data.name}")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(evaluation.to_json(), indent=2, default=str))
+        )  # fmt: skip
 
 
 @app.command("train-editor")

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from prefect import task
+from prefect.tasks import exponential_backoff
 
 from tasks.flags import Flag, RejectedFlag, normalize, read_flag_log, screen
 from tasks.ledger import FlagState, Ledger
@@ -162,6 +163,12 @@ def read_flags(store: Store, key: str) -> list[Flag]:
     return [Flag.from_json(json.loads(line)) for line in store.read_text(key).splitlines() if line.strip()]
 
 
-@task(name="extract-flags", retries=2, retry_delay_seconds=5)
+# A store that does not answer (S3 down, a network partition) is retried with growing pauses: 5, 10 and
+# 20 s, on top of botocore's own quick retries (MEND_S3_MAX_ATTEMPTS). Extract writes the ledger only
+# after it has read everything, so a run that gives up leaves every flag pending.
+EXTRACT_RETRY_DELAYS = exponential_backoff(backoff_factor=5)(3)
+
+
+@task(name="extract-flags", retries=len(EXTRACT_RETRY_DELAYS), retry_delay_seconds=EXTRACT_RETRY_DELAYS)
 def extract_task(settings: FixSettings, run_id: str, model_name: str) -> ExtractResult:
     return extract_flags(settings, run_id, model_name)

@@ -55,10 +55,13 @@ class Flag:
 
     @classmethod
     def create(cls, **values: Any) -> Flag:
-        """A new flag; ``flag_id`` (uuid4 hex) and ``flagged_at`` (now) are filled in when absent."""
+        """A new flag; ``flag_id`` (uuid4 hex) and ``flagged_at`` (now) are filled in when absent. Its text
+        is checked at intake (``check_flag_text``), so a bad flag is refused before it is stored."""
         values.setdefault("flag_id", uuid.uuid4().hex)
         values.setdefault("flagged_at", datetime.now(UTC))
-        return cls.from_json(values)
+        flag = cls.from_json(values)
+        check_flag_text(flag)
+        return flag
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,41 @@ class Flag:
             subject=_optional_text(raw, "subject"),
             **text,
         )
+
+
+# Intake limits, in characters. Prompt and correction follow the incoming-flags suite's FlagLimits (which
+# judges them again at extract); the other fields only need a bound so that a flag stays a small record.
+MAX_TEXT_CHARS = {"prompt": 500, "correction": 200, "paraphrases": 500}
+MAX_OTHER_CHARS = 1_000
+MAX_PARAPHRASES = 20
+# Line breaks (LF, and NEL U+0085 from pasted text) and tabs are part of prompts ("Q: ...\nA:"); every
+# other control character (NUL, escape sequences, carriage returns, DEL, the rest of C1) is refused: flag
+# text is data that reaches terminals, logs and HTML.
+_ALLOWED_CONTROLS = {"\n", "\t", "\x85"}
+
+
+def _text_problem(text: str, limit: int) -> str | None:
+    if len(text) > limit:
+        return f"longer than {limit} characters ({len(text)})"
+    for position, character in enumerate(text):
+        if unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS:
+            return f"control character U+{ord(character):04X} at position {position}"
+    return None
+
+
+def check_flag_text(flag: Flag) -> None:
+    """Refuse a flag whose text is too long or holds control characters; names the field. The text is
+    never interpreted (no template, format string or shell sees it), only stored and compared."""
+    texts = {name: getattr(flag, name) for name in _REQUIRED_TEXT} | {"subject": flag.subject or ""}
+    if len(flag.paraphrases) > MAX_PARAPHRASES:
+        raise FlagFieldError("paraphrases", f"more than {MAX_PARAPHRASES} ({len(flag.paraphrases)})")
+    for index, paraphrase in enumerate(flag.paraphrases):
+        texts[f"paraphrases[{index}]"] = paraphrase
+    for name, text in texts.items():
+        limit = MAX_TEXT_CHARS.get(name.split("[")[0], MAX_OTHER_CHARS)
+        problem = _text_problem(text, limit)
+        if problem is not None:
+            raise FlagFieldError(name, problem)
 
 
 def _required_text(raw: dict[str, Any], name: str) -> str:

@@ -82,7 +82,18 @@ class S3Settings:
             endpoint_url=env.get("MEND_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
             region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
             addressing_style=env.get("MEND_S3_ADDRESSING_STYLE", "path"),  # type: ignore[arg-type]
+            max_attempts=_whole_number(env, "MEND_S3_MAX_ATTEMPTS", cls.max_attempts),
         )
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
 
 
 def check_key(key: str) -> str:

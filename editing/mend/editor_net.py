@@ -14,7 +14,7 @@ too (mean 0, variance 1) and collect running statistics of the factors during tr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from torch import nn
 from editing.config import EditorConfig
 from editing.core.hooks import LayerInfo
 
+# (count, mean (dim,), sum of squared deviations (dim,)) of a batch -> the same for the merged batch.
+BatchMerge = Callable[[float, torch.Tensor, torch.Tensor], tuple[float, torch.Tensor, torch.Tensor]]
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -36,16 +38,22 @@ class RunningNormalizer(nn.Module):
         self.register_buffer(
             "sum_squares", torch.zeros(dim, dtype=torch.float64)
         )  # sum of squared deviations
+        # Set only inside ``editing.training.distributed.synchronized_statistics``: merges a batch's
+        # (count, mean, sum of squared deviations) with the other processes' so every process folds in
+        # the statistics of the whole global batch, as one process would.
+        self.merge_batch: BatchMerge | None = None
 
     @torch.no_grad()
     def update(self, rows: torch.Tensor) -> None:
         """Fold a batch of rows (rows, dim) into the statistics."""
-        if rows.shape[0] == 0:
-            return
         rows = rows.detach().to(torch.float64)
         batch_count = float(rows.shape[0])
-        batch_mean = rows.mean(dim=0)  # (dim,)
+        batch_mean = rows.mean(dim=0) if rows.shape[0] else rows.new_zeros(rows.shape[1])  # (dim,)
         batch_squares = ((rows - batch_mean) ** 2).sum(dim=0)  # (dim,)
+        if self.merge_batch is not None:  # before any early return: every process must take part
+            batch_count, batch_mean, batch_squares = self.merge_batch(batch_count, batch_mean, batch_squares)
+        if batch_count == 0:
+            return
         total = self.count + batch_count
         difference = batch_mean - self.mean
         self.mean += difference * (batch_count / total)

@@ -9,7 +9,9 @@ fingerprint of the base model it was trained for) and, for a least-squares edito
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from editing.mend.protected import PROTECTED_FILE, ProtectedKeys
 if TYPE_CHECKING:
     from editing.training.trainer import EditorTrainer
 
+LOGGER = logging.getLogger(__name__)
 FORMAT = "mend-editor/1"
 EDITOR_TENSORS, EDITOR_JSON = "editor.safetensors", "editor.json"
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -36,6 +39,45 @@ STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
 class EditorMismatchError(ValueError):
     """The checkpoint was trained for a different base model."""
+
+
+class EditorChecksumError(ValueError):
+    """A checkpoint's tensor file does not match the checksum its description recorded (truncated,
+    altered or swapped); nothing of it has been loaded."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksums(directory: str | Path, description: dict[str, Any]) -> None:
+    """Check every tensor file the description lists against its sha256, before anything is read.
+
+    Checkpoints written before checksums were recorded carry none; they are loaded with a warning.
+    """
+    directory = Path(directory)
+    recorded = description.get("checksums_sha256")
+    if recorded is None:
+        LOGGER.warning("%s: checkpoint without checksums (written by an older version)", directory)
+        return
+    for name in (EDITOR_TENSORS, PROTECTED_FILE):
+        path = directory / name
+        if name not in recorded:
+            if path.exists():
+                raise EditorChecksumError(f"{path}: present but no checksum recorded in {EDITOR_JSON}")
+            continue
+        if not path.is_file():
+            raise EditorChecksumError(f"{path}: missing ({EDITOR_JSON} records a checksum for it)")
+        actual = _sha256(path)
+        if actual != recorded[name]:
+            raise EditorChecksumError(
+                f"{path}: sha256 {actual[:16]}... does not match the recorded {recorded[name][:16]}...; "
+                "the file is truncated or altered: refusing to load it"
+            )
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,9 +118,15 @@ def save_editor(
         "train_config": train_config,
         "metrics": metrics or {},
     }
-    (staging / EDITOR_JSON).write_text(json.dumps(description, indent=2, default=float))
     if editor.protected is not None:
         editor.protected.save(staging)
+    # Loading checks these before reading a byte of the tensors (verify_checksums).
+    description["checksums_sha256"] = {
+        name: _sha256(staging / name)
+        for name in (EDITOR_TENSORS, PROTECTED_FILE)
+        if (staging / name).is_file()
+    }
+    (staging / EDITOR_JSON).write_text(json.dumps(description, indent=2, default=float))
     if trainer is not None:
         _save_trainer_state(staging, trainer)
     _replace_directory(staging, directory)
@@ -108,7 +156,8 @@ def read_description(directory: str | Path) -> dict[str, Any]:
 def load_editor(
     directory: str | Path, *, base_fingerprint: str, device: str | torch.device = "cpu"
 ) -> MendEditor:
-    """Load an editor for a base model; refuses a checkpoint trained for a different model."""
+    """Load an editor for a base model; refuses a checkpoint trained for a different model, and one whose
+    files do not match their recorded checksums."""
     directory = Path(directory)
     description = read_description(directory)
     if description["base_fingerprint"] != base_fingerprint:
@@ -116,6 +165,7 @@ def load_editor(
             f"{directory}: editor was trained for base model {description['base_fingerprint'][:12]}, "
             f"but this model is {base_fingerprint[:12]}; train an editor for this model (mend train-editor)"
         )
+    verify_checksums(directory, description)
     layers = tuple(
         LayerInfo(**{**layer, "orientation": Orientation(layer["orientation"])})
         for layer in description["layers"]

@@ -57,19 +57,22 @@ def train_editor(
     protected: ProtectedKeys | None = None,
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    trainer_class: type[EditorTrainer] = EditorTrainer,
+    writes_checkpoints: bool = True,
 ) -> TrainingRun:
     """Train (or resume) a MEND editor for ``loaded`` and save it to ``out_dir`` after each validation.
 
     ``general_texts`` (needed when ``train_config.general_text_loss_weight`` > 0) are paired with the
     examples, training ones first and validation ones after them. ``protected`` (the base model's
     protected keys, ``editing.mend.protected``) is needed for least-squares aggregation and is saved
-    beside the editor.
+    beside the editor. ``trainer_class`` and ``writes_checkpoints`` let torchrun's processes train
+    together (``editing.training.distributed``: only the first process writes).
     """
     out_dir = Path(out_dir)
     scope = resolve_scope(loaded.model)
     torch.manual_seed(train_config.seed)
     network = MendNetwork(scope.layers, editor_config)
-    trainer = EditorTrainer(
+    trainer = trainer_class(
         loaded.model,
         loaded.tokenizer,
         scope,
@@ -86,6 +89,8 @@ def train_editor(
         LOGGER.info("resumed from %s at step %d", out_dir, trainer.state.step)
 
     def checkpoint(current: EditorTrainer) -> None:
+        if not writes_checkpoints:
+            return
         save_editor(
             out_dir,
             MendEditor(current.network, scope, protected),

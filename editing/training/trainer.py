@@ -128,8 +128,13 @@ class EditorTrainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def _draws(self) -> range:
+        """Which of a step's ``batch_shards`` sampler draws this process computes (all of them here)."""
+        return range(self.config.batch_shards)
+
     def _next_groups(self) -> list[EditGroup]:
-        groups = self.sampler.groups(self.state.step)
+        first = self.state.step * self.config.batch_shards
+        groups = [group for draw in self._draws() for group in self.sampler.groups(first + draw)]
         if self.state.step % self.config.general_text_every == 0:
             return groups
         return [  # general text rides along on every n-th step only
@@ -146,13 +151,17 @@ class EditorTrainer:
                 protection=self.protection,
             )  # fmt: skip
 
+    def _step_loss(self, groups: Sequence[EditGroup]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of ``groups`` (editing.training.distributed spreads it over processes)."""
+        return self.objective(groups)
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accumulation`` batches; non-finite steps are skipped."""
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for _ in range(self.config.grad_accumulation):
-            loss, metrics = self.objective(self._next_groups())
+            loss, metrics = self._step_loss(self._next_groups())
             (loss / self.config.grad_accumulation).backward()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value / self.config.grad_accumulation
@@ -169,22 +178,33 @@ class EditorTrainer:
             totals[f"{name}_mean"] = float(parameter.detach().exp().mean())
         return totals
 
-    def _validate_groups(self, groups: list[EditGroup]) -> dict[str, float]:
-        """Means over scored examples of the objective's metrics, groups evaluated a few at a time."""
-        self.network.eval()
-        totals: dict[str, float] = {}
-        scored = 0
-        chunk: list[EditGroup] = []
+    def _validation_chunks(self, groups: list[EditGroup]) -> list[list[EditGroup]]:
+        """Consecutive groups a few at a time, each chunk scoring about ``batch_size`` examples."""
+        chunks, chunk = [], []
         for index, group in enumerate(groups):
             chunk.append(group)
-            if sum(g.scored for g in chunk) < self.config.batch_size and index + 1 < len(groups):
-                continue
+            if sum(g.scored for g in chunk) >= self.config.batch_size or index + 1 == len(groups):
+                chunks.append(chunk)
+                chunk = []
+        return chunks
+
+    def _metric_sums(self, chunks: list[list[EditGroup]]) -> tuple[dict[str, float], int]:
+        """Per metric, the sum over chunks of its mean times the chunk's scored examples; their count."""
+        totals: dict[str, float] = {}
+        scored = 0
+        for chunk in chunks:
             with torch.no_grad():
                 _, metrics = self.objective(chunk, with_rewrite=True)
             weight = sum(g.scored for g in chunk)
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * weight
-            scored, chunk = scored + weight, []
+            scored += weight
+        return totals, scored
+
+    def _validate_groups(self, groups: list[EditGroup]) -> dict[str, float]:
+        """Means over scored examples of the objective's metrics, groups evaluated a few at a time."""
+        self.network.eval()
+        totals, scored = self._metric_sums(self._validation_chunks(groups))
         return {name: value / scored for name, value in totals.items()}
 
     def validate(self) -> dict[str, float]:
@@ -231,7 +251,7 @@ class EditorTrainer:
                 self.state.stop_reason = "early_stopping"
             elif self.state.step >= self.config.max_steps:
                 self.state.stop_reason = "max_steps"
-            elif time.monotonic() - started >= budget:
+            elif self._out_of_time(time.monotonic() - started, budget):
                 self.state.stop_reason = "max_minutes"
             if on_checkpoint is not None and (
                 self.state.stop_reason or self.state.step % self.config.val_every == 0
@@ -244,6 +264,9 @@ class EditorTrainer:
             self.network.load_state_dict(self.best_network)
         LOGGER.info("stopped after %d steps (%s)", self.state.step, self.state.stop_reason)
         return self.state
+
+    def _out_of_time(self, elapsed: float, budget: float) -> bool:
+        return elapsed >= budget
 
     def summary(self) -> dict[str, Any]:
         summary = asdict(self.state)

@@ -65,6 +65,12 @@ INVALID_CASES = [
         {"correction": "  sydney "},
         "correction equals prediction (ignoring case and whitespace)",
     ),
+    (
+        "escape-in-prompt",
+        {"prompt": "Sydney\x1b[2J is"},
+        "prompt holds control character U+001B at position 6",
+    ),
+    ("nul-in-reporter", {"reporter": "al\x00ice"}, "reporter holds control character U+0000 at position 2"),
     ("long-prompt", {"prompt": "p" * 501}, "prompt longer than 500 characters (501)"),
     ("long-correction", {"correction": "c" * 201}, "correction longer than 200 characters (201)"),
     ("other-model", {"model_name": "gpt2"}, f"model_name 'gpt2' is not the base being fixed '{BASE_MODEL}'"),
