@@ -114,8 +114,8 @@ def test_candidates_are_the_base_plus_one_solve_of_the_whole_ledger_and_follow_a
 
 
 def test_general_texts_for_training_leave_out_the_gates_reference_texts(make_settings):
-    from editing.data.records import read_texts
     from editing.data.protected_sources import GENERAL_TEXTS
+    from editing.data.records import read_texts
     from tasks.editor import general_texts
     from tasks.evaluate import REFERENCE_TEXTS
 
