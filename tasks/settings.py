@@ -73,6 +73,9 @@ class FixSettings:
     notify_block: str | None = None
     ft_steps: int = 10  # FT / FT+KL editors: Adam steps per edit
     ft_lr: float = 1e-4  # FT / FT+KL editors: learning rate
+    # Same-subject locality probes per edit: the flagged subject's other facts that the champion answers
+    # (editing.data.same_subject), judged apart from the neighbour probes (0: none).
+    same_subject_per_edit: int = 2
 
     def __post_init__(self) -> None:
         if self.editor not in EDITORS:
@@ -89,7 +92,12 @@ class FixSettings:
         ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier"):
+        for name in (
+            "editor_locality_weight",
+            "editor_general_text_weight",
+            "edit_protect_multiplier",
+            "same_subject_per_edit",
+        ):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.editor_aggregation not in AGGREGATIONS:
@@ -135,6 +143,7 @@ class FixSettings:
             "notify_block": environ.get("MEND_NOTIFY_BLOCK") or None,
             "ft_steps": int(_number("MEND_FT_STEPS", 10)),
             "ft_lr": _number("MEND_FT_LR", 1e-4),
+            "same_subject_per_edit": int(_number("MEND_SAME_SUBJECT_PER_EDIT", 2)),
         }
         return cls(**{**values, **overrides})
 
