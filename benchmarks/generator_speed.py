@@ -22,7 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tag", default="cpu")
     add_common_arguments(parser)
     parser.add_argument("--examples", type=int, default=10_000)
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     from editing.data.generator import GeneratorConfig, cached_generation, generate_records
 
     loaded = load_model("default", device=args.device)
-    config = GeneratorConfig(examples=args.examples, min_probability=args.min_probability, batch_size=args.batch_size)
+    config = GeneratorConfig(
+        examples=args.examples, min_probability=args.min_probability, batch_size=args.batch_size
+    )
     cache = args.work / "generated"
     started = time.perf_counter()
     generation = generate_records(loaded.model, loaded.tokenizer, args.data_dir, config)

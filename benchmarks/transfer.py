@@ -29,7 +29,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from benchmarks.editors import TRAIN_FILE, VAL_FILE, ZSRE_FILE, Recipe, protected_for
@@ -103,7 +102,12 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
         return {"reused": str(directory)}
     generator = GeneratorConfig(examples=args.generated_examples, seed=args.seed)
     records, generation = training_records(
-        loaded, mix, counterfact, data_dir=args.data_dir, cache_dir=args.work / "generated", generator=generator
+        loaded,
+        mix,
+        counterfact,
+        data_dir=args.data_dir,
+        cache_dir=args.work / "generated",
+        generator=generator,
     )
     train, held = split_records(records, 100, seed=0)
     recipe = Recipe(name, locality_weight=args.locality_weight)
@@ -118,7 +122,9 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
             "generation": generation, "best_validation": best}  # fmt: skip
 
 
-def evaluate_cells(loaded, editor, train_data: str, eval_sets: dict[str, list[EditRecord]], args) -> list[dict]:
+def evaluate_cells(
+    loaded, editor, train_data: str, eval_sets: dict[str, list[EditRecord]], args
+) -> list[dict]:
     """Single-edit and batch cells of one editor on every evaluation set."""
     from editing.evaluation.evaluate import run_batch_edit, run_single_edits
 
@@ -167,7 +173,9 @@ def _held_out_sets(loaded, args) -> tuple[list[EditRecord], list[EditRecord], li
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tag", default="cpu")
     add_common_arguments(parser)
     parser.add_argument("--mixes", default="counterfact,generated,counterfact+generated")
@@ -177,7 +185,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         "CounterFact's relations ('' for none)")  # fmt: skip
     parser.add_argument("--held-out-fraction", type=float, default=0.2)
     parser.add_argument("--train-minutes", type=float, default=60.0, help="budget per editor")
-    parser.add_argument("--train-records", type=int, default=1_000, help="CounterFact train records per editor")
+    parser.add_argument(
+        "--train-records", type=int, default=1_000, help="CounterFact train records per editor"
+    )
     parser.add_argument("--generated-examples", type=int, default=10_000)
     parser.add_argument("--eval-records", type=int, default=500, help="records scored per evaluation set")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -211,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         name = f"transfer-{mix}-without-held-out-relations"
         training[name] = train_mix(loaded, args, mix, kept_train, name)
         editor = build_editor("mend", loaded, editor_path=args.work / name)
-        rows += evaluate_cells(loaded, editor, f"{mix} (held-out relations removed)", {HELD_OUT: held_val}, args)
+        rows += evaluate_cells(
+            loaded, editor, f"{mix} (held-out relations removed)", {HELD_OUT: held_val}, args
+        )
     result = {"machine": _machine(args.device), "device": args.device, "fingerprint": loaded.fingerprint,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "arguments": {k: str(v) for k, v in vars(args).items()},
               "training": training, "held_out_relations": held_relations,

@@ -160,7 +160,11 @@ _CHECKS = (
     _Check("locality_unchanged_in_range", "edits", "unit_interval", "locality_unchanged", "a rate in [0, 1]"),
     _Check("locality_kl_present", "edits", "present", "locality_kl", "a NaN KL means the evaluation broke"),
     _Check(
-        "locality_same_subject_in_range", "edits", "unit_interval", "locality_same_subject", "a rate in [0, 1]"
+        "locality_same_subject_in_range",
+        "edits",
+        "unit_interval",
+        "locality_same_subject",
+        "a rate in [0, 1]",
     ),
     _Check("min_edit_success", "edits", "mean_at_least", "edit_success", "edits must yield the corrections"),
     _Check("min_paraphrase_success", "edits", "mean_at_least", "paraphrase_success", "fixes must generalise"),

@@ -95,7 +95,9 @@ def _retention_records(store: Store, ledger: Ledger, champion_ledger: tuple[str,
     ]
 
 
-def _same_subject(flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int) -> list[list[PromptAnswer]]:
+def _same_subject(
+    flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int
+) -> list[list[PromptAnswer]]:
     """Each flag's subject's other facts that the champion answers (none where the flag names no subject)."""
     from editing.data.same_subject import SubjectEdit, same_subject_probes
 
@@ -148,9 +150,7 @@ def assemble_dataset(
     state = load_version(settings, champion_version)
     champion = state.loaded
     pool, pool_key = locality_pool(settings, store, champion, champion_version)
-    records = _edit_records(
-        flags, champion, pool, settings.locality_per_edit, settings.same_subject_per_edit
-    )
+    records = _edit_records(flags, champion, pool, settings.locality_per_edit, settings.same_subject_per_edit)
     retained = _retention_records(store, Ledger(store), state.metadata.ledger_flag_ids)
     workspace = scratch_dir(run_id)
     prefix = f"runs/{run_id}"

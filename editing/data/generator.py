@@ -184,7 +184,8 @@ def build_records(
         by_subject[fact.subject].append(fact)
     # Each relation's distinct objects, by normalised answer, in a fixed order.
     objects_of = {
-        name: sorted({normalise(f.answer): f.answer for f in group}.items()) for name, group in by_relation.items()
+        name: sorted({normalise(f.answer): f.answer for f in group}.items())
+        for name, group in by_relation.items()
     }
     records = []
     for index, fact in enumerate(facts):
@@ -212,10 +213,14 @@ def build_records(
             info["no_same_subject_probe"] += 1
         records.append(
             EditRecord(
-                record_id=f"generated-{fact.relation}-{index}", prompt=prompt, target_new=target,
-                target_true=fact.answer, subject=fact.subject, rephrase_prompts=(rephrase,),
+                record_id=f"generated-{fact.relation}-{index}",
+                prompt=prompt,
+                target_new=target,
+                target_true=fact.answer,
+                subject=fact.subject,
+                rephrase_prompts=(rephrase,),
                 locality=tuple(locality),
-            )  # fmt: skip
+            )
         )
     return records
 

@@ -97,11 +97,15 @@ def parse_templates(text: str, source: str = TEMPLATES_FILE) -> RelationTemplate
     relations = tuple(_relation(raw, position) for position, raw in enumerate(data["relations"]))
     ids = [relation.relation_id for relation in relations]
     if len(set(ids)) != len(ids):
-        raise TemplateError(f"{source}: repeated relation id(s) {sorted({i for i in ids if ids.count(i) > 1})}")
+        raise TemplateError(
+            f"{source}: repeated relation id(s) {sorted({i for i in ids if ids.count(i) > 1})}"
+        )
     cues = []
     for position, raw in enumerate(data.get("subject_cues", [])):
         if not isinstance(raw, dict) or not isinstance(raw.get("cue"), str) or not raw["cue"].strip():
-            raise TemplateError(f"{source}: subject_cues[{position}]: field 'cue': expected a non-empty string")
+            raise TemplateError(
+                f"{source}: subject_cues[{position}]: field 'cue': expected a non-empty string"
+            )
         cues.append(SubjectCue(raw["cue"], _text_list(raw.get("kinds"), f"cue {raw['cue']!r}", "kinds")))
     known = {kind for cue in cues for kind in cue.kinds}
     for relation in relations:

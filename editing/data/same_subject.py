@@ -79,7 +79,9 @@ def same_subject_probes(
             probe for probe in pool
             if mentions(probe.prompt, edit.subject) and _other_fact(edit, reference, probe.prompt, probe.answer)
         ]  # fmt: skip
-        offered = list(zip(questions, templated, strict=True))[position * per_subject : (position + 1) * per_subject]
+        offered = list(zip(questions, templated, strict=True))[
+            position * per_subject : (position + 1) * per_subject
+        ]
         confident = sorted(
             ((prompt, answer, probability) for prompt, (answer, probability) in offered
              if probability >= min_probability and _other_fact(edit, reference, prompt, answer)),

@@ -48,9 +48,10 @@ def training_records(
     *,
     data_dir: str | Path,
     cache_dir: str | Path,
-    generator: GeneratorConfig = GeneratorConfig(),
+    generator: GeneratorConfig | None = None,
 ) -> tuple[list[EditRecord], dict[str, Any]]:
     """The mix's records and what the generator reported (empty when the mix does not generate)."""
+    generator = generator or GeneratorConfig()
     if mix == "counterfact":
         return mix_records(mix, counterfact, (), seed=generator.seed), {}
     generation, hit = cached_generation(

@@ -45,7 +45,12 @@ def _result() -> dict:
            "rewrite": 0.9, "rewrite_ci95": [0.8, 1.0], "rephrase": 0.7, "rephrase_ci95": [0.6, 0.8],
            "locality_neighbour": 0.95, "locality_neighbour_ci95": [0.9, 1.0], "locality_same_subject": None,
            "portability": 0.3, "portability_ci95": [0.2, 0.4]}  # fmt: skip
-    other = {**row, "eval_data": "knowedit", "locality_same_subject": 0.8, "locality_same_subject_ci95": [0.7, 0.9]}
+    other = {
+        **row,
+        "eval_data": "knowedit",
+        "locality_same_subject": 0.8,
+        "locality_same_subject_ci95": [0.7, 0.9],
+    }
     return {"device": "cpu", "date": "today", "rows": [row, other], "held_out_relations": ["relation-3"],
             "evaluation_records": {"zsre": 10, "knowedit": 10}}  # fmt: skip
 

@@ -19,7 +19,13 @@ from editing.data.generator import (
     scored_subjects,
 )
 from editing.data.protected_sources import normalise, scored_prompts
-from editing.data.relation_templates import SubjectCue, TemplateError, load_templates, parse_templates, subject_kinds
+from editing.data.relation_templates import (
+    SubjectCue,
+    TemplateError,
+    load_templates,
+    parse_templates,
+    subject_kinds,
+)
 from editing.training.mix import mix_records
 from tests.paths import DATA_DIR
 
@@ -125,7 +131,9 @@ def test_the_cache_is_hit_for_the_same_model_and_settings_only(tmp_path, tiny_ll
 
     cached, hit = cached_generation(tmp_path, tiny_llama.fingerprint, SMALL, must_not_build)
     assert hit and [r.to_json() for r in cached.records] == [r.to_json() for r in built.records]
-    _, hit = cached_generation(tmp_path, tiny_llama.fingerprint, dataclasses.replace(SMALL, seed=4), lambda: generated)
+    _, hit = cached_generation(
+        tmp_path, tiny_llama.fingerprint, dataclasses.replace(SMALL, seed=4), lambda: generated
+    )
     assert not hit  # other settings, another file
     path = next(tmp_path.glob("generated-*.json"))
     raw = json.loads(path.read_text())

@@ -27,7 +27,9 @@ def records():
     """CounterFact records, each given a same-subject probe (another fact of its subject)."""
     plain = read_records(COUNTERFACT_TRAIN, limit=16).records
     return [
-        replace(r, locality=(*r.locality, PromptAnswer(f"{r.subject} is a citizen of", "France", "same_subject")))
+        replace(
+            r, locality=(*r.locality, PromptAnswer(f"{r.subject} is a citizen of", "France", "same_subject"))
+        )
         for r in plain
     ]
 
@@ -38,7 +40,9 @@ def _loss(loaded, examples, *, weight: float, step_size: float, batched: bool = 
     network = MendNetwork(scope.layers, EditorConfig(init_step_size=1e-3, aggregation="sum"))
     config = TrainConfig(batch_size=4, val_records=4, bf16_autocast=False, same_subject_loss_weight=weight,
                          batched_edits=batched)  # fmt: skip
-    trainer = EditorTrainer(loaded.model, loaded.tokenizer, scope, network, examples[4:], examples[:4], config)
+    trainer = EditorTrainer(
+        loaded.model, loaded.tokenizer, scope, network, examples[4:], examples[:4], config
+    )
     trainer.network.eval()
     with torch.no_grad():
         trainer.network.step_sizes.fill_(step_size)
