@@ -76,6 +76,8 @@ class FixSettings:
     # Same-subject locality probes per edit: the flagged subject's other facts that the champion answers
     # (editing.data.same_subject), judged apart from the neighbour probes (0: none).
     same_subject_per_edit: int = 2
+    # First-token probability the champion must give a template fact for it to count as known.
+    same_subject_min_probability: float = 0.3
 
     def __post_init__(self) -> None:
         if self.editor not in EDITORS:
@@ -103,6 +105,10 @@ class FixSettings:
         if self.editor_aggregation not in AGGREGATIONS:
             raise SettingsError(
                 f"editor_aggregation {self.editor_aggregation!r} (MEND_EDITOR_AGGREGATION): one of {AGGREGATIONS}"
+            )
+        if not 0 <= self.same_subject_min_probability <= 1:
+            raise SettingsError(
+                "same_subject_min_probability (MEND_SAME_SUBJECT_MIN_PROBABILITY) must be in [0, 1]"
             )
         if not 0 <= self.editor_same_relation <= 1:
             raise SettingsError("editor_same_relation (MEND_EDITOR_SAME_RELATION) must be in [0, 1]")
@@ -144,6 +150,7 @@ class FixSettings:
             "ft_steps": int(_number("MEND_FT_STEPS", 10)),
             "ft_lr": _number("MEND_FT_LR", 1e-4),
             "same_subject_per_edit": int(_number("MEND_SAME_SUBJECT_PER_EDIT", 2)),
+            "same_subject_min_probability": _number("MEND_SAME_SUBJECT_MIN_PROBABILITY", 0.3),
         }
         return cls(**{**values, **overrides})
 

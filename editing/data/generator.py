@@ -168,6 +168,8 @@ def collect_facts(
                 objects[relation.relation_id].add(normalise(answer))
                 counts[relation.relation_id] += 1
         usable = sum(count for name, count in counts.items() if len(objects[name]) >= 2)
+        LOGGER.info("generator: %d subjects asked, %d facts, %d usable of %d wanted", position, len(facts),
+                    usable, config.examples)  # fmt: skip
     return facts
 
 
