@@ -12,8 +12,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver clean \
-	services-up services-down run-services
+.PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver \
+	bench-transfer bench-generator clean services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,18 @@ bench-scale: model
 SOLVER_GRID ?= 0.03x1,0.125x1,0.25x1,1x1,8x1,1x16,0.125x16
 bench-solver: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag $(or $(TAG),cpu) --batch-sizes 16 --grid $(SOLVER_GRID)
+
+# Does the editor transfer to other data sets and to relations it never saw (benchmarks/transfer.py)?
+# A CPU configuration: three editors of 10 minutes (CounterFact, CounterFact + 2,000 generated records,
+# CounterFact without a fifth of its relations), 32 records per evaluation set, two batches of 16.
+# The full size (60-minute editors, 500 records, 10,000 generated): make bench-transfer TRANSFER_ARGS=
+TRANSFER_ARGS ?= --mixes counterfact,counterfact+generated --train-minutes 10 --generated-examples 2000 \
+	--eval-records 32 --batches 2
+bench-transfer: model
+	$(BIN)/python -m benchmarks.transfer --tag $(or $(TAG),cpu) $(TRANSFER_ARGS)
+# The generator's time for 10,000 training records on the default model (then cached).
+bench-generator: model
+	$(BIN)/python -m benchmarks.generator_speed --tag $(or $(TAG),cpu)
 
 # The demo's second night: other questions, on top of night one's promoted candidate.
 run-night2: model

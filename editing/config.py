@@ -161,6 +161,9 @@ class EditorConfig(_Serializable):
         return min(self.rank or 1920, dim)
 
 
+TRAINING_MIXES = ("counterfact", "generated", "counterfact+generated")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Serializable):
     """The editor's training loop. Defaults follow the paper where it gives a value."""
@@ -175,6 +178,13 @@ class TrainConfig(_Serializable):
     # locality inputs are unrelated text; CounterFact's are same-relation prompts, which leave ordinary
     # text unguarded, and summed edits then raise perplexity (see README).
     general_text_loss_weight: float = 0.0
+    # Weight of KL(pre || post) on another fact of the edited subject (a same-subject probe: the edited
+    # person's nationality after an edit of their birthplace), for examples that carry one. Neighbour
+    # probes (another subject, same relation) alone let an edit spread over its own subject's facts.
+    same_subject_loss_weight: float = 1.0
+    # Where the training records come from (editing.training.mix): CounterFact train alone, records
+    # generated from the base model's own knowledge over many relations (editing.data.generator), or both.
+    training_mix: Literal["counterfact", "generated", "counterfact+generated"] = "counterfact"
     # General text rides along on every n-th step only: its positions are most of a step's vocabulary
     # projections, and a steady light pressure keeps text in place as well as a heavy one every step.
     general_text_every: int = 1
@@ -222,6 +232,7 @@ class TrainConfig(_Serializable):
             "edit_loss_weight",
             "locality_loss_weight",
             "general_text_loss_weight",
+            "same_subject_loss_weight",
             "editor_lr",
             "step_size_lr",
             "solver_lr",
@@ -247,6 +258,10 @@ class TrainConfig(_Serializable):
         )
         _require(
             0 <= self.same_relation_fraction <= 1, "TrainConfig.same_relation_fraction must be in [0, 1]"
+        )
+        _require(
+            self.training_mix in TRAINING_MIXES,
+            f"TrainConfig.training_mix must be one of {TRAINING_MIXES}, got {self.training_mix!r}",
         )
         _require(self.early_stop_patience >= 0, "TrainConfig.early_stop_patience must be >= 0")
         _require(

@@ -53,6 +53,8 @@ class GateThresholds:
     min_edit_success: float = 0.9  # mean teacher-forced token accuracy of the corrections
     min_paraphrase_success: float = 0.8  # the same on paraphrases, over edits that have any
     min_locality_unchanged: float = 0.95  # mean share of unrelated predictions left unchanged
+    # The same over the edited subjects' other facts (same-subject probes), over edits that have any.
+    min_locality_same_subject: float = 0.90
     max_perplexity_increase: float = 0.05  # relative: 0.05 allows after <= 1.05 * before
     min_retention: float = 0.95  # share of previously promoted edits that still hold
 
@@ -157,10 +159,24 @@ _CHECKS = (
     _Check("locality_unchanged_present", "edits", "present", "locality_unchanged", "a gap hides damage"),
     _Check("locality_unchanged_in_range", "edits", "unit_interval", "locality_unchanged", "a rate in [0, 1]"),
     _Check("locality_kl_present", "edits", "present", "locality_kl", "a NaN KL means the evaluation broke"),
+    _Check(
+        "locality_same_subject_in_range",
+        "edits",
+        "unit_interval",
+        "locality_same_subject",
+        "a rate in [0, 1]",
+    ),
     _Check("min_edit_success", "edits", "mean_at_least", "edit_success", "edits must yield the corrections"),
     _Check("min_paraphrase_success", "edits", "mean_at_least", "paraphrase_success", "fixes must generalise"),
     _Check(
         "min_locality_unchanged", "edits", "mean_at_least", "locality_unchanged", "spare unrelated prompts"
+    ),
+    _Check(
+        "min_locality_same_subject",
+        "edits",
+        "mean_at_least",
+        "locality_same_subject",
+        "keep the edited subjects' other facts",
     ),
     _Check("max_perplexity_increase", "model", "max_at_most", "perplexity_increase", "keep general fluency"),
     _Check("min_retention", "model", "min_at_least", "retention", "never undo fixes already promoted"),
@@ -246,6 +262,8 @@ def _not_applicable(edits: pd.DataFrame, model: pd.DataFrame) -> dict[str, str]:
     reasons = {}
     if edits["paraphrase_success"].isna().all():
         reasons["min_paraphrase_success"] = "not applicable: no edit has paraphrases"
+    if edits["locality_same_subject"].isna().all():
+        reasons["min_locality_same_subject"] = "not applicable: no edit has same-subject probes"
     if model["retention"].isna().all():
         reasons["min_retention"] = "not applicable: no previously promoted edits to retain"
     return reasons

@@ -1,7 +1,7 @@
 """What the edit gate reads: the per-edit evaluation table and the model summary, checked and made frames.
 
 The gate validates two pandas frames: the per-edit table (``record_id, edit_success,
-paraphrase_success, locality_unchanged, locality_kl``, one row per edit, positionally indexed so GX's
+paraphrase_success, locality_unchanged, locality_kl, locality_same_subject``, one row per edit, positionally indexed so GX's
 failing rows map back to record ids) and a one-row model frame built from the evaluation summary
 (perplexity before and after, retention, and the relative perplexity increase derived from them).
 Input that is malformed (a missing column or key, a non-numeric value) raises ``GateInputError``:
@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_COLUMNS = ("record_id", "edit_success", "paraphrase_success", "locality_unchanged", "locality_kl")
+TABLE_COLUMNS = (
+    "record_id",
+    "edit_success",
+    "paraphrase_success",
+    "locality_unchanged",
+    "locality_kl",
+    "locality_same_subject",
+)
 METRIC_COLUMNS = TABLE_COLUMNS[1:]
+# Columns an older evaluation table may lack: read as missing values (their checks are not applicable).
+OPTIONAL_COLUMNS = ("locality_same_subject",)
 SUMMARY_KEYS = ("perplexity_before", "perplexity_after", "retention")
 
 
@@ -29,6 +38,7 @@ def edits_frame(table: pd.DataFrame) -> pd.DataFrame:
     """The table's gate columns in ``TABLE_COLUMNS`` order, metrics as float64, rows indexed from 0."""
     import pandas as pd
 
+    table = table.assign(**{column: None for column in OPTIONAL_COLUMNS if column not in table.columns})
     missing = [column for column in TABLE_COLUMNS if column not in table.columns]
     if missing:
         raise GateInputError(f"evaluation table lacks column(s) {missing}; it has {list(table.columns)}")

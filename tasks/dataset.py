@@ -95,7 +95,28 @@ def _retention_records(store: Store, ledger: Ledger, champion_ledger: tuple[str,
     ]
 
 
-def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int) -> list[EditRecord]:
+def _same_subject(
+    flags: list[Flag], champion, pool: list[PromptAnswer], per_edit: int, min_probability: float
+) -> list[list[PromptAnswer]]:
+    """Each flag's subject's other facts that the champion answers (none where the flag names no subject)."""
+    from editing.data.same_subject import SubjectEdit, same_subject_probes
+
+    edits = [SubjectEdit(flag.prompt, flag.subject, flag.correction) for flag in flags]
+    progress = Progress("asking the champion about the flagged subjects", len(flags), unit="flags")
+    probes = same_subject_probes(
+        champion.model, champion.tokenizer, edits, pool, per_edit=per_edit, min_probability=min_probability
+    )
+    progress.finish()
+    return probes
+
+
+def _edit_records(
+    flags: list[Flag],
+    champion,
+    pool: list[PromptAnswer],
+    per_edit: int,
+    same_subject: tuple[int, float] = (0, 0.3),  # probes per edit, minimum first-token probability
+) -> list[EditRecord]:
     from editing.data.equivalence_set import equivalence_prompts
     from editing.data.locality import prompt_embeddings, select_locality
 
@@ -111,9 +132,12 @@ def _edit_records(flags: list[Flag], champion, pool: list[PromptAnswer], per_edi
         edit_embeddings, corrections=[flag.correction for flag in flags], hard=hard,
         random=per_edit - hard, seed=0,
     )  # fmt: skip
+    # Locality of the second kind, reported apart by the gate (locality_same_subject).
+    own_facts = _same_subject(flags, champion, usable, *same_subject)
     progress = Progress("checking paraphrases of the flagged prompts", len(flags), unit="flags")
     records = []
-    for flag, probes in zip(flags, locality, strict=True):
+    for flag, neighbours, own in zip(flags, locality, own_facts, strict=True):
+        probes = [*neighbours, *own]
         rephrases = equivalence_prompts(
             flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
         )
@@ -132,7 +156,8 @@ def assemble_dataset(
     state = load_version(settings, champion_version)
     champion = state.loaded
     pool, pool_key = locality_pool(settings, store, champion, champion_version)
-    records = _edit_records(flags, champion, pool, settings.locality_per_edit)
+    same_subject = (settings.same_subject_per_edit, settings.same_subject_min_probability)
+    records = _edit_records(flags, champion, pool, settings.locality_per_edit, same_subject)
     retained = _retention_records(store, Ledger(store), state.metadata.ledger_flag_ids)
     workspace = scratch_dir(run_id)
     prefix = f"runs/{run_id}"
@@ -144,6 +169,7 @@ def assemble_dataset(
         "edits": len(records),
         "equivalence_prompts": sum(len(r.rephrase_prompts) for r in records),
         "locality_probes": sum(len(r.locality) for r in records),
+        "same_subject_probes": sum(p.kind == "same_subject" for r in records for p in r.locality),
         "retained_edits": len(retained),
         "locality_pool": pool_key,
         "locality_pool_size": len(pool),

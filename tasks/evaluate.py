@@ -38,13 +38,20 @@ def gate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "correction": row["target_new"],
             "edit_success": row["rewrite_acc"],
             "paraphrase_success": row["rephrase_acc"],
-            "locality_unchanged": row["locality_unchanged"],
+            # Neighbour probes (other subjects) where the edit has any, as before same-subject probes
+            # existed; the edited subject's other facts are judged apart.
+            "locality_unchanged": _first_known(row.get("locality_neighbour"), row["locality_unchanged"]),
+            "locality_same_subject": row.get("locality_same_subject"),
             "locality_kl": row["locality_kl"],
             "prediction_before": row.get("prediction_before", ""),
             "prediction_after": row.get("prediction", ""),
         }
         for row in rows
     ]
+
+
+def _first_known(*values):
+    return next((value for value in values if value is not None), None)
 
 
 def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, str]]:
@@ -152,6 +159,7 @@ def evaluate_candidate(
     progress.update(3, next="locality answers before and after")
     regressions = locality_regressions(before.model, after.model, tokenizer, records)
     summary["locality_regressions"] = len(regressions)
+    summary["same_subject_regressions"] = sum(r["kind"] == "same_subject" for r in regressions)
     progress.update(4, next="greedy answers to the prompts and paraphrases")
     answers = greedy_answers(before.model, after.model, tokenizer, records)
     progress.finish()

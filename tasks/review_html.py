@@ -70,6 +70,7 @@ def _cards(summary: dict[str, Any]) -> str:
         ("retention of promoted edits", "no earlier edits" if not summary.get("retained_edits")
          else f"{_number(retention)} of {summary['retained_edits']}"),
         ("locality answers changed", _number(summary.get("locality_regressions"))),
+        ("of them the edited subjects' other facts", _number(summary.get("same_subject_regressions"))),
     ]  # fmt: skip
     return (
         '<div class="cards">'
@@ -105,12 +106,14 @@ def _edits(review: dict[str, Any]) -> str:
         f"<td>{escape(row.get('answer_after') or '')} {_tick(row.get('answer_correct'))}<div class='small'>wanted: "
         f"{escape(row['correction'])}</div></td><td class='num'>{_number(row.get('edit_success'))}</td>"
         f"<td>{_paraphrases(row)}</td>"
-        f"<td class='num'>{_number(row.get('locality_unchanged'))}</td><td>{_flag(row)}</td></tr>"
+        f"<td class='num'>{_number(row.get('locality_unchanged'))}</td>"
+        f"<td class='num'>{_number(row.get('locality_same_subject'))}</td><td>{_flag(row)}</td></tr>"
         for row in review["edits"]
     )
     return (
         '<table id="edits"><tr><th>prompt</th><th>old answer</th><th>new answer</th><th>edit success</th>'
-        "<th>paraphrases (answer after the edit)</th><th>locality unchanged</th><th>flagged by</th></tr>"
+        "<th>paraphrases (answer after the edit)</th><th>locality unchanged (other subjects)</th>"
+        "<th>same subject's other facts unchanged</th><th>flagged by</th></tr>"
         "<caption class='small' style='caption-side:bottom;text-align:left'>Answers are the models' greedy "
         "completions; edit success, the paraphrase score and locality are the gate's teacher-forced "
         "measures.</caption>"
@@ -127,7 +130,7 @@ def _regressions(review: dict[str, Any]) -> str:
         for r in review["regressions"]
     )
     return (
-        '<table id="regressions"><tr><th>unrelated prompt</th><th>kind</th><th>answer before</th>'
+        '<table id="regressions"><tr><th>locality prompt</th><th>kind</th><th>answer before</th>'
         f"<th>answer after</th><th>beside edit</th></tr>{rows}</table>"
     )
 

@@ -79,6 +79,11 @@ class FixSettings:
     notify_block: str | None = None
     ft_steps: int = 10  # FT / FT+KL editors: Adam steps per edit
     ft_lr: float = 1e-4  # FT / FT+KL editors: learning rate
+    # Same-subject locality probes per edit: the flagged subject's other facts that the champion answers
+    # (editing.data.same_subject), judged apart from the neighbour probes (0: none).
+    same_subject_per_edit: int = 2
+    # First-token probability the champion must give a template fact for it to count as known.
+    same_subject_min_probability: float = 0.3
 
     def __post_init__(self) -> None:
         if self.editor not in EDITORS:
@@ -97,12 +102,16 @@ class FixSettings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
-                     "edit_neighbours", "edit_neighbour_weight"):  # fmt: skip
+                     "edit_neighbours", "edit_neighbour_weight", "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.editor_aggregation not in AGGREGATIONS:
             raise SettingsError(
                 f"editor_aggregation {self.editor_aggregation!r} (MEND_EDITOR_AGGREGATION): one of {AGGREGATIONS}"
+            )
+        if not 0 <= self.same_subject_min_probability <= 1:
+            raise SettingsError(
+                "same_subject_min_probability (MEND_SAME_SUBJECT_MIN_PROBABILITY) must be in [0, 1]"
             )
         if not 0 <= self.editor_same_relation <= 1:
             raise SettingsError("editor_same_relation (MEND_EDITOR_SAME_RELATION) must be in [0, 1]")
@@ -150,6 +159,8 @@ class FixSettings:
             "notify_block": environ.get("MEND_NOTIFY_BLOCK") or None,
             "ft_steps": int(_number("MEND_FT_STEPS", 10)),
             "ft_lr": _number("MEND_FT_LR", 1e-4),
+            "same_subject_per_edit": int(_number("MEND_SAME_SUBJECT_PER_EDIT", 2)),
+            "same_subject_min_probability": _number("MEND_SAME_SUBJECT_MIN_PROBABILITY", 0.3),
         }
         return cls(**{**values, **overrides})
 

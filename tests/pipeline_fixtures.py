@@ -10,6 +10,7 @@ import pytest
 from tests.paths import DATA_DIR
 
 LENIENT = {"min_edit_success": 0.5, "min_paraphrase_success": 0.0, "min_locality_unchanged": 0.0,
+           "min_locality_same_subject": 0.0,
            "max_perplexity_increase": 10.0, "min_retention": 0.0}  # fmt: skip
 
 

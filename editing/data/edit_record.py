@@ -14,6 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Locality probe kinds that ask about the edited subject itself (its other relations), by source: KnowEdit's
+# relation specificity, the training-data generator's and the fix run's same-subject probes. Every other
+# kind is a neighbour (another subject) or unrelated text.
+SAME_SUBJECT_KINDS = frozenset({"Relation_Specificity", "same_subject"})
+
 
 @dataclass(frozen=True)
 class PromptAnswer:

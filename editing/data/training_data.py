@@ -7,10 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from editing.core.tokens import encode_example
-from editing.data.records import EditRecord
+from editing.data.edit_record import SAME_SUBJECT_KINDS
+from editing.data.records import EditRecord, PromptAnswer
 from editing.data.relations import relation_labels
 
 Encoded = tuple[list[int], int]  # token ids, index of the first scored token
+
+
+def split_locality(probes: Sequence[PromptAnswer]) -> tuple[list[PromptAnswer], list[PromptAnswer]]:
+    """(neighbour probes: about other subjects, same-subject probes: the edited subject's other facts)."""
+    neighbours = [probe for probe in probes if probe.kind not in SAME_SUBJECT_KINDS]
+    return neighbours, [probe for probe in probes if probe.kind in SAME_SUBJECT_KINDS]
 
 
 @dataclass(frozen=True)
@@ -23,10 +30,13 @@ class TrainingExample:
     # probes cover a few answer tokens; this keeps the (summed) update off ordinary text as well.
     general: Encoded | None = None
     relation: str = ""  # records with equal labels share a relation (editing.data.relations)
+    # Another fact of the edited subject (KnowEdit's Relation_Specificity): editing where someone was
+    # born must leave their nationality alone. None when the record has no such probe.
+    same_subject: Encoded | None = None
 
     def sequences(self) -> tuple[list[int], ...]:
-        sequences = (self.edit[0], self.rephrase[0], self.locality[0])
-        return sequences if self.general is None else (*sequences, self.general[0])
+        optional = (self.general, self.same_subject)
+        return (self.edit[0], self.rephrase[0], self.locality[0], *(item[0] for item in optional if item))
 
 
 class TrainingDataError(ValueError):
@@ -41,7 +51,9 @@ def encode_training_examples(tokenizer, records: Sequence[EditRecord]) -> list[T
             raise TrainingDataError(f"record {record.record_id}: field 'rephrase_prompts' is empty")
         if not record.locality:
             raise TrainingDataError(f"record {record.record_id}: field 'locality' is empty")
-        locality = record.locality[0]
+        neighbours, same_subject = split_locality(record.locality)
+        # A record whose only probes are same-subject ones (KnowEdit) uses the first as its locality too.
+        locality = (neighbours or same_subject)[0]
         examples.append(
             TrainingExample(
                 record.record_id,
@@ -49,6 +61,11 @@ def encode_training_examples(tokenizer, records: Sequence[EditRecord]) -> list[T
                 encode_example(tokenizer, record.rephrase_prompts[0], record.target_new),
                 encode_example(tokenizer, locality.prompt, locality.answer),
                 relation=relation,
+                same_subject=(
+                    encode_example(tokenizer, same_subject[0].prompt, same_subject[0].answer)
+                    if same_subject
+                    else None
+                ),
             )
         )
     return examples

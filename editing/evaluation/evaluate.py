@@ -22,7 +22,7 @@ from editing.core.apply import Editor
 from editing.core.forward import eval_mode, scored_logits
 from editing.core.losses import token_nll
 from editing.core.tokens import encode_texts
-from editing.data.edit_record import EditRecord
+from editing.data.edit_record import SAME_SUBJECT_KINDS, EditRecord
 from editing.evaluation.metrics import accuracy_drawdown, mean_kl, mean_or_none, unchanged_fraction
 from editing.evaluation.metrics import (
     perplexity as perplexity_from_nll,
@@ -52,6 +52,8 @@ AVERAGED_COLUMNS = (
     "locality_unchanged",
     "locality_kl",
     "locality_drawdown",
+    "locality_neighbour",
+    "locality_same_subject",
     "portability_acc",
     "pre_rewrite_acc",
     "pre_rephrase_acc",
@@ -103,10 +105,23 @@ def _locality_metrics(before: list[QueryScore], after: list[QueryScore]) -> dict
     }
 
 
+def _locality_by_kind(record: EditRecord, before: RecordScores, after: RecordScores) -> dict[str, Any]:
+    """Locality unchanged over the record's neighbour probes (other subjects) and, separately, over its
+    same-subject probes (the edited subject's other facts); None where the record has none of a kind."""
+    same = [probe.kind in SAME_SUBJECT_KINDS for probe in record.locality]
+    columns = {}
+    for column, wanted in (("locality_neighbour", False), ("locality_same_subject", True)):
+        chosen = [index for index, flag in enumerate(same) if flag == wanted]
+        metrics = _locality_metrics([before.locality[i] for i in chosen], [after.locality[i] for i in chosen])
+        columns[column] = metrics["locality_unchanged"]
+    return columns
+
+
 def compare_scores(
     record: EditRecord, before: RecordScores, after: RecordScores, tokenizer
 ) -> dict[str, Any]:
-    """One table row: the edit's success on ``record`` and what it changed elsewhere."""
+    """One table row: the edit's success on ``record`` and what it changed elsewhere (``locality_*``
+    over every probe; ``locality_neighbour`` and ``locality_same_subject`` by kind of probe)."""
     return {
         "record_id": record.record_id,
         "prompt": record.prompt,
@@ -115,6 +130,7 @@ def compare_scores(
         "rewrite_exact": after.rewrite.exact,
         "rephrase_acc": mean_or_none(score.accuracy for score in after.rephrase),
         **_locality_metrics(before.locality, after.locality),
+        **_locality_by_kind(record, before, after),
         "portability_acc": mean_or_none(score.accuracy for score in after.portability),
         "pre_rewrite_acc": before.rewrite.accuracy,
         "pre_rephrase_acc": mean_or_none(score.accuracy for score in before.rephrase),

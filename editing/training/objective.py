@@ -35,10 +35,11 @@ class LossWeights:
     edit: float
     locality: float
     general: float = 0.0  # KL on the examples' general text, where they carry one
+    same_subject: float = 0.0  # KL on the edited subject's other facts, where examples carry one
 
 
 # Roles of the sequences scored after an edit.
-REPHRASE, LOCALITY, REWRITE, GENERAL = range(4)
+REPHRASE, LOCALITY, REWRITE, GENERAL, SAME_SUBJECT = range(5)
 Protection = Mapping[str, tuple[ProtectedBasis, float]]
 
 
@@ -80,8 +81,8 @@ def editing_objective(
     protection: Protection | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over scored examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre ||
-    post)`` (plus ``weights.general * KL`` on general text, for examples that carry one), each example
-    edited by its group's update.
+    post)`` (plus ``weights.general * KL`` on general text and ``weights.same_subject * KL`` on another
+    fact of the edited subject, for examples that carry them), each example edited by its group's update.
 
     Gradients flow into the network (and step sizes and solver weights) through the update; the base
     model and the captured factors are constants. ``with_rewrite`` also scores the edit prompt itself
@@ -99,8 +100,9 @@ def editing_objective(
     count, edits = len(scored), len(members)
     # One pass gives every member's factors and, riding along, the scored examples' pre-edit logits.
     general_texts = [example.general for _, example in scored if example.general is not None]
+    same_subject = [example.same_subject for _, example in scored if example.same_subject is not None]
     first_batch = collate(
-        [e.edit for e in members] + [e.locality for _, e in scored] + general_texts, pad_id
+        [e.edit for e in members] + [e.locality for _, e in scored] + general_texts + same_subject, pad_id
     ).to(device)
     captured = capture_edit_factors(model, scope, first_batch, prefix_for(first_batch), edit_examples=edits)
     transformed = transform_factors(network, captured)
@@ -110,7 +112,9 @@ def editing_objective(
     )  # fmt: skip
     first_sequence = first_batch.scored_example  # (first-pass scored,)
     locality_before = captured.logits[(first_sequence >= edits) & (first_sequence < edits + count)]
-    general_before = captured.logits[first_sequence >= edits + count]  # (general scored, vocab)
+    general_start, same_start = edits + count, edits + count + len(general_texts)
+    general_before = captured.logits[(first_sequence >= general_start) & (first_sequence < same_start)]
+    same_before = captured.logits[first_sequence >= same_start]  # (same-subject scored, vocab)
 
     # Each group is applied on its own, but the vocabulary projection (the costliest layer of a small
     # model, and memory-bound at a few rows) runs once for all scored examples' positions.
@@ -124,7 +128,12 @@ def editing_objective(
     locality_kl = per_example_mean(token_kl(locality_before, logits[locality]), owner[locality], count)
     # Examples without general text contribute zero here (per_example_mean of nothing).
     general_kl = per_example_mean(token_kl(general_before, logits[general]), owner[general], count)
-    total = (weights.edit * edit_loss + weights.locality * locality_kl + weights.general * general_kl).mean()
+    same = role == SAME_SUBJECT
+    same_kl = per_example_mean(token_kl(same_before, logits[same]), owner[same], count)
+    total = (
+        weights.edit * edit_loss + weights.locality * locality_kl + weights.general * general_kl
+        + weights.same_subject * same_kl
+    ).mean()  # fmt: skip
     predictions = logits.detach().argmax(dim=-1)
     metrics = {
         "loss": float(total.detach()),
@@ -138,6 +147,13 @@ def editing_objective(
     }
     if general_texts:
         metrics["general_kl"] = float(general_kl.detach().sum() / len(general_texts))
+    if same_subject:
+        metrics["same_subject_kl"] = float(same_kl.detach().sum() / len(same_subject))
+        # Among the examples that carry a same-subject probe (the others would count as unchanged).
+        unchanged = per_example_mean(
+            (predictions[same] == same_before.argmax(dim=-1)).float(), owner[same], count
+        )
+        metrics["same_subject_unchanged"] = float(unchanged.sum() / len(same_subject))
     if with_rewrite:
         rewrite = role == REWRITE
         metrics["rewrite_acc"] = _accuracy(predictions[rewrite], target[rewrite], owner[rewrite], count)
@@ -153,6 +169,8 @@ def _example_sequences(
         chosen.append((example.edit, REWRITE))
     if example.general is not None:
         chosen.append((example.general, GENERAL))
+    if example.same_subject is not None:
+        chosen.append((example.same_subject, SAME_SUBJECT))
     return chosen
 
 

@@ -112,8 +112,9 @@ class EditorTrainer:
         self.state = TrainerState()
         self.best_network: dict[str, torch.Tensor] | None = None
         self.weights = LossWeights(
-            config.edit_loss_weight, config.locality_loss_weight, config.general_text_loss_weight
-        )
+            config.edit_loss_weight, config.locality_loss_weight, config.general_text_loss_weight,
+            config.same_subject_loss_weight,
+        )  # fmt: skip
         self.protection = _protection(network, protected, self.device)
         self.sampler = GroupSampler(
             self.train_examples, sizes=config.group_sizes, same_relation=config.same_relation_fraction,

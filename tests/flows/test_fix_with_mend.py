@@ -11,6 +11,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 # A 6-step editor on a random tiny model fixes little; this test is about the editor's life cycle.
 ANY_RESULT = {"min_edit_success": 0.0, "min_paraphrase_success": 0.0, "min_locality_unchanged": 0.0,
+           "min_locality_same_subject": 0.0,
               "max_perplexity_increase": 1e9, "min_retention": 0.0}  # fmt: skip
 
 

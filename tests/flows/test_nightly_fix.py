@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.pipeline_fixtures import LENIENT
@@ -42,10 +44,12 @@ def _versions(settings):
 def test_fix_run_registers_a_gated_candidate_and_marks_flags_applied(make_settings):
     from flows.nightly_fix import nightly_fix
 
-    settings = make_settings(thresholds=LENIENT)
+    # Every template fact counts as known to the random tiny model, so each flag gets same-subject probes.
+    settings = make_settings(thresholds=LENIENT, same_subject_min_probability=0.0)
     flags = [_flag(settings, *case) for case in PROMPTS]
     summary = nightly_fix(overrides=settings.to_json())
     assert summary.gate_passed is True and summary.candidate_version == "2"
+    _assert_same_subject_locality(settings, summary)
     assert summary.counts["accepted"] == 2 and summary.edits_applied == 2
     states = _states(settings)
     assert {states[f.flag_id].state.value for f in flags} == {"applied"}
@@ -55,6 +59,27 @@ def test_fix_run_registers_a_gated_candidate_and_marks_flags_applied(make_settin
     rerun = nightly_fix(overrides=settings.to_json())  # nothing new: applies nothing twice
     assert rerun.gate_passed is None and rerun.candidate_version is None
     assert _versions(settings) == [1, 2]
+
+
+def _assert_same_subject_locality(settings, summary):
+    """Each flag's subject's other facts are probed, scored in their own column and judged on their own."""
+    from tasks.storage import open_store
+
+    store = open_store(settings.store_uri)
+    prefix = f"runs/{summary.run_id}"
+    records = [json.loads(line) for line in store.read_text(f"{prefix}/edit_dataset.jsonl").splitlines()]
+    for record in records:
+        own = [probe for probe in record["locality"] if probe["kind"] == "same_subject"]
+        assert len(own) == 2 and all(record["subject"] in probe["prompt"] for probe in own)
+        assert len(own) < len(record["locality"])  # the neighbour probes are still there
+    rows = store.read_json(f"{prefix}/evaluation/per_edit.json")
+    assert all(0.0 <= row["locality_same_subject"] <= 1.0 for row in rows)
+    gate = {item["name"]: item for item in summary.gate}
+    assert (
+        gate["min_locality_same_subject"]["applicable"]
+        and gate["min_locality_same_subject"]["threshold"] == 0.0
+    )
+    assert store.read_text(f"{prefix}/evaluation/locality_regressions.csv").startswith("edit,prompt,kind,")
 
 
 def test_malformed_invalid_and_conflicting_flags_are_quarantined_with_reasons(make_settings):

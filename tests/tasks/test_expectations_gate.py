@@ -23,6 +23,7 @@ THRESHOLD_NAMES = (
     "min_edit_success",
     "min_paraphrase_success",
     "min_locality_unchanged",
+    "min_locality_same_subject",
     "max_perplexity_increase",
     "min_retention",
 )
@@ -36,6 +37,7 @@ def good_table() -> pd.DataFrame:
             "paraphrase_success": [1.0, math.nan, 0.8, 0.9],
             "locality_unchanged": [1.0, 0.98, 1.0, 0.97],
             "locality_kl": [0.01, 0.02, 0.0, 0.03],
+            "locality_same_subject": [1.0, math.nan, 0.9, 1.0],
         }
     )
 
@@ -77,6 +79,9 @@ def _violate(name: str) -> tuple[pd.DataFrame, dict, float]:
     if name == "min_locality_unchanged":
         table["locality_unchanged"] = [1.0, 0.9, 0.9, 0.96]
         return table, summary, 0.94
+    if name == "min_locality_same_subject":
+        table["locality_same_subject"] = [1.0, math.nan, 0.5, 1.0]
+        return table, summary, 0.8333333
     if name == "max_perplexity_increase":
         summary["perplexity_after"] = 21.2
         return table, summary, 0.06
@@ -110,6 +115,7 @@ def test_values_exactly_at_every_threshold_pass():
             "paraphrase_success": [0.8, 0.8, 0.8],
             "locality_unchanged": [0.95, 0.95, 0.95],
             "locality_kl": [0.1, 0.1, 0.1],
+            "locality_same_subject": [0.9, 0.9, 0.9],
         }
     )
     summary = {"perplexity_before": 100.0, "perplexity_after": 105.0, "retention": 0.95}
@@ -230,3 +236,17 @@ def test_an_expectation_gx_cannot_evaluate_raises_instead_of_counting_as_a_verdi
     unknown_column = gxe.ExpectColumnValuesToNotBeNull(column="absent", meta={"name": "absent_present"})
     with pytest.raises(ExpectationEvaluationError, match="absent_present"):
         validate_frame(pd.DataFrame({"present": [1.0]}), suite_name="broken", expectations=[unknown_column])
+
+
+def test_same_subject_locality_is_its_own_expectation_and_not_applicable_without_probes():
+    without = good_table().drop(columns=["locality_same_subject"])  # an evaluation from before the column
+    result = run_gate(without, GOOD_SUMMARY, THRESHOLDS)
+    assert result.passed
+    skipped = outcome(result, "min_locality_same_subject")
+    assert not skipped.applicable and "no edit has same-subject probes" in skipped.reason
+    assert THRESHOLDS.min_locality_same_subject == 0.9
+    # Neighbour locality is judged on its own: a same-subject failure does not move it.
+    table, summary, _ = _violate("min_locality_same_subject")
+    result = run_gate(table, summary, THRESHOLDS)
+    assert outcome(result, "min_locality_unchanged").passed
+    assert outcome(result, "min_locality_same_subject").reason.startswith("mean locality_same_subject")
