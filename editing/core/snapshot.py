@@ -104,7 +104,8 @@ class SnapshotMetadata:
             raise SnapshotError(f"{origin}: {error}") from error
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
@@ -149,7 +150,7 @@ def save_snapshot(
     scratch = directory / f".{TENSORS_FILE}.partial"
     save_file(stored, str(scratch))
     os.replace(scratch, tensors_path)
-    complete = replace(metadata, tensor_names=tuple(stored), checksum_sha256=_sha256(tensors_path))
+    complete = replace(metadata, tensor_names=tuple(stored), checksum_sha256=file_sha256(tensors_path))
     scratch_json = directory / f".{METADATA_FILE}.partial"
     scratch_json.write_text(json.dumps(complete.to_dict(), indent=2, sort_keys=True) + "\n")
     os.replace(scratch_json, directory / METADATA_FILE)
@@ -179,7 +180,7 @@ def load_snapshot(directory: str | Path) -> tuple[dict[str, torch.Tensor], Snaps
     tensors_path = directory / TENSORS_FILE
     if not tensors_path.is_file():
         raise SnapshotIntegrityError(f"{tensors_path}: missing")
-    actual = _sha256(tensors_path)
+    actual = file_sha256(tensors_path)
     if actual != metadata.checksum_sha256:
         raise SnapshotIntegrityError(
             f"{tensors_path}: sha256 {actual} does not match the recorded {metadata.checksum_sha256}"

@@ -35,11 +35,10 @@ from torch import nn
 
 from editing.core.forward import eval_mode
 from editing.core.targets import EditScope
-from editing.core.tokens import collate, encode_example, pad_token_id
 from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer
-from editing.mend.protected import layer_inputs
+from editing.mend.protected import known_fact_batches
 
 LOGGER = logging.getLogger(__name__)
 BANK_FORMAT = "mend-neighbour-bank/1"
@@ -141,21 +140,9 @@ def build_neighbour_bank(
     kept: list[PromptAnswer] = []
     keys: dict[str, list[torch.Tensor]] = {name: [] for name in scope.weight_names}
     row_fact: list[torch.Tensor] = []
-    device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    with eval_mode(model), layer_inputs(model, scope) as inputs:
-        for start in range(0, len(facts), batch_size):
-            chunk = facts[start : start + batch_size]
-            batch = collate(
-                [encode_example(tokenizer, f.prompt, f.answer) for f in chunk], pad_token_id(tokenizer)
-            )
-            batch = batch.to(device)
-            hidden = model.base_model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).last_hidden_state  # (batch, seq, hidden)
-            first = batch.prediction_mask.int().argmax(dim=1)  # (batch,) position predicting the answer
-            examples = torch.arange(len(chunk), device=device)
-            known = head(hidden[examples, first]).argmax(dim=-1) == batch.input_ids[examples, first + 1]
+    with eval_mode(model):
+        for chunk, batch, known, inputs in known_fact_batches(model, tokenizer, scope, facts, batch_size):
+            examples = torch.arange(len(chunk), device=known.device)
             scored = torch.zeros_like(batch.attention_mask, dtype=torch.bool)  # (batch, seq)
             scored[:, :-1] = batch.prediction_mask & known[:, None]
             for name in scope.weight_names:

@@ -155,12 +155,10 @@ def _text_moments(model, tokenizer, scope, texts, max_tokens, batch_size, progre
     return total
 
 
-@torch.no_grad()
-def _fact_moments(model, tokenizer, scope, facts, batch_size, progress) -> tuple[_MomentSum, int]:
-    """Moments over every position of the facts the model answers right: its greedy answer starts with
-    the answer's first token (a 135M model completes few multi-token answers exactly when teacher forced,
-    and the first token is what it says)."""
-    total, right = _MomentSum(), 0
+def known_fact_batches(model, tokenizer, scope, facts, batch_size):
+    """Per chunk of ``facts``: (chunk, batch, known (batch,) bool, inputs[weight] (batch, seq, d_in)).
+    A fact is known when the model's greedy answer starts with the answer's first token (a 135M model
+    completes few multi-token answers exactly when teacher forced, and the first token is what it says)."""
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     with layer_inputs(model, scope) as inputs:
@@ -168,18 +166,25 @@ def _fact_moments(model, tokenizer, scope, facts, batch_size, progress) -> tuple
             chunk = facts[start : start + batch_size]
             batch = collate(
                 [encode_example(tokenizer, f.prompt, f.answer) for f in chunk], pad_token_id(tokenizer)
-            )
-            batch = batch.to(device)
+            ).to(device)
             hidden = model.base_model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
             ).last_hidden_state  # (batch, seq, hidden)
             first = batch.prediction_mask.int().argmax(dim=1)  # (batch,) position predicting the answer
             rows = torch.arange(len(chunk), device=device)
-            logits = head(hidden[rows, first])  # (batch, vocab)
-            known = logits.argmax(dim=-1) == batch.input_ids[rows, first + 1]  # (batch,)
-            total.add(inputs, known[:, None] & batch.attention_mask.bool())
-            right += int(known.sum())
-            progress(min(start + batch_size, len(facts)))
+            known = head(hidden[rows, first]).argmax(dim=-1) == batch.input_ids[rows, first + 1]  # (batch,)
+            yield chunk, batch, known, inputs
+
+
+@torch.no_grad()
+def _fact_moments(model, tokenizer, scope, facts, batch_size, progress) -> tuple[_MomentSum, int]:
+    """Moments over every position of the facts the model answers right."""
+    total, right, done = _MomentSum(), 0, 0
+    for chunk, batch, known, inputs in known_fact_batches(model, tokenizer, scope, facts, batch_size):
+        total.add(inputs, known[:, None] & batch.attention_mask.bool())
+        right += int(known.sum())
+        done += len(chunk)
+        progress(done)
     return total, right
 
 

@@ -9,7 +9,6 @@ fingerprint of the base model it was trained for) and, for a least-squares edito
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from editing.config import EditorConfig
 from editing.core.hooks import LayerInfo, Orientation
+from editing.core.snapshot import file_sha256
 from editing.core.targets import EditScope
 from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
@@ -46,14 +46,6 @@ class EditorChecksumError(ValueError):
     altered or swapped); nothing of it has been loaded."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_checksums(directory: str | Path, description: dict[str, Any]) -> None:
     """Check every tensor file the description lists against its sha256, before anything is read.
 
@@ -72,7 +64,7 @@ def verify_checksums(directory: str | Path, description: dict[str, Any]) -> None
             continue
         if not path.is_file():
             raise EditorChecksumError(f"{path}: missing ({EDITOR_JSON} records a checksum for it)")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != recorded[name]:
             raise EditorChecksumError(
                 f"{path}: sha256 {actual[:16]}... does not match the recorded {recorded[name][:16]}...; "
@@ -122,7 +114,7 @@ def save_editor(
         editor.protected.save(staging)
     # Loading checks these before reading a byte of the tensors (verify_checksums).
     description["checksums_sha256"] = {
-        name: _sha256(staging / name)
+        name: file_sha256(staging / name)
         for name in (EDITOR_TENSORS, PROTECTED_FILE)
         if (staging / name).is_file()
     }
