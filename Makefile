@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver \
-	bench-transfer bench-generator clean services-up services-down run-services
+	bench-neighbours bench-transfer bench-generator clean services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ bench-scale: model
 SOLVER_GRID ?= 0.03x1,0.125x1,0.25x1,1x1,8x1,1x16,0.125x16
 bench-solver: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag $(or $(TAG),cpu) --batch-sizes 16 --grid $(SOLVER_GRID)
+# Neighbour protection on nights of one relation (batches of 16 same-relation CounterFact train edits):
+# cells RIDGExPROTECTxBANKxWEIGHTxSAME-WORDING (editing/mend/substitutes.py).
+NEIGHBOUR_GRID ?= 1x1,1x1x0x1x8,1x1x0x4x8,1x1x0x1x16,1x1x0x16x16
+bench-neighbours: model
+	$(BIN)/python -m benchmarks.solver_sweep --tag neighbours-$(or $(TAG),cpu) --same-relation --batch-sizes 16 \
+		--grid $(NEIGHBOUR_GRID)
 
 # Does the editor transfer to other data sets and to relations it never saw (benchmarks/transfer.py)?
 # A CPU configuration: three editors of 10 minutes (CounterFact, CounterFact + 2,000 generated records,

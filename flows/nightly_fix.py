@@ -75,7 +75,8 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
                     "store": settings.store_uri, "edit_ridge_multiplier": settings.edit_ridge_multiplier,
                     "edit_protect_multiplier": settings.edit_protect_multiplier,
                     "edit_neighbours": settings.edit_neighbours,
-                    "edit_neighbour_weight": settings.edit_neighbour_weight})  # fmt: skip
+                    "edit_neighbour_weight": settings.edit_neighbour_weight,
+                    "edit_substitutes": settings.edit_substitutes})  # fmt: skip
         extracted = extract_task(settings, summary.run_id, settings.registered_model)
         summary.counts = extracted.counts
         params_task(settings, mlflow_run_id, {"flags": extracted.counts})

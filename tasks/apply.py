@@ -51,14 +51,18 @@ def _restore_base(champion) -> LoadedModel:
 
 
 def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
-    """The editor with neighbour protection from the base model's bank, less what this store's gate scores."""
+    """The editor with neighbour protection (bank facts, same-wording neighbours) from the base model,
+    less what this store's gate scores."""
     from editing.mend.neighbours import NeighbourSettings
-    from tasks.protected import neighbour_bank_for, store_scored_prompts
+    from tasks.protected import neighbour_bank_for, store_scored_prompts, subject_pool_for
 
-    bank = neighbour_bank_for(settings, base, store_scored_prompts(settings.open_store()))
-    return editor.with_neighbours(
-        bank, NeighbourSettings(settings.edit_neighbours, settings.edit_neighbour_weight)
+    scored = store_scored_prompts(settings.open_store())
+    bank = neighbour_bank_for(settings, base, scored) if settings.edit_neighbours else None
+    subjects = subject_pool_for(settings, base, scored) if settings.edit_substitutes else None
+    neighbours = NeighbourSettings(
+        settings.edit_neighbours, settings.edit_neighbour_weight, substitutes=settings.edit_substitutes
     )
+    return editor.with_neighbours(bank, neighbours, subjects)
 
 
 def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, workspace):
@@ -112,7 +116,7 @@ def apply_edits(
         editor = build_editor("mend", base, editor_path=editor_dir).with_multipliers(
             ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier
         )
-        if settings.edit_neighbours:
+        if settings.edit_neighbours or settings.edit_substitutes:
             editor = _with_neighbours(settings, editor, base)
         result, manifest, ledger_ids = _ledger_edit(
             settings, champion, editor, records, run_id, editor_uri, workspace

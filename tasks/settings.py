@@ -61,6 +61,9 @@ class FixSettings:
     edit_neighbours: int
     edit_neighbour_weight: float
     neighbour_bank_records: int
+    # Same-wording neighbours (editing.mend.substitutes): per edit, its own prompt about up to this many
+    # similar subjects that the base model answers confidently, held in place the same way; 0 is off.
+    edit_substitutes: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
     # whose facts the model answers right (editing.data.protected_sources).
@@ -102,7 +105,7 @@ class FixSettings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
-                     "edit_neighbours", "edit_neighbour_weight", "same_subject_per_edit"):  # fmt: skip
+                     "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.editor_aggregation not in AGGREGATIONS:
@@ -146,6 +149,7 @@ class FixSettings:
             "edit_neighbours": int(_number("MEND_EDIT_NEIGHBOURS", 0)),
             "edit_neighbour_weight": _number("MEND_EDIT_NEIGHBOUR_WEIGHT", 1.0),
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
+            "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", 0)),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

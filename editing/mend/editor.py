@@ -31,6 +31,7 @@ from editing.mend.editor_net import MendNetwork
 from editing.mend.neighbours import NeighbourBank, NeighbourSettings, neighbour_rows
 from editing.mend.protected import ProtectedKeys
 from editing.mend.rows import EditRows, concat_rows
+from editing.mend.substitutes import SubjectPool
 
 LOGGER = logging.getLogger(__name__)
 Prefix = tuple[str, int, torch.Tensor]
@@ -129,7 +130,7 @@ class MendEditor:
         *,
         ridge_multiplier: float = 1.0,
         protect_multiplier: float = 1.0,
-        neighbours: tuple[NeighbourBank, NeighbourSettings] | None = None,
+        neighbours: tuple[NeighbourBank | None, NeighbourSettings, SubjectPool | None] | None = None,
     ):
         if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
@@ -155,13 +156,16 @@ class MendEditor:
             neighbours=self.neighbours,
         )  # fmt: skip
 
-    def with_neighbours(self, bank: NeighbourBank, settings: NeighbourSettings) -> MendEditor:
-        """The same editor, protecting each edit's ``settings.per_edit`` nearest facts of ``bank``."""
-        if self.aggregation is not Aggregation.LEAST_SQUARES and settings.per_edit:
+    def with_neighbours(
+        self, bank: NeighbourBank | None, settings: NeighbourSettings, subjects: SubjectPool | None = None
+    ) -> MendEditor:
+        """The same editor, protecting each edit's ``settings.per_edit`` nearest facts of ``bank`` and its
+        ``settings.substitutes`` same-wording neighbours about subjects of ``subjects``."""
+        if self.aggregation is not Aggregation.LEAST_SQUARES and settings.enabled:
             raise ValueError("neighbour protection needs least-squares aggregation")
         return MendEditor(
             self.network, self.scope, self.protected, ridge_multiplier=self.ridge_multiplier,
-            protect_multiplier=self.protect_multiplier, neighbours=(bank, settings),
+            protect_multiplier=self.protect_multiplier, neighbours=(bank, settings, subjects),
         )  # fmt: skip
 
     @property
@@ -212,11 +216,15 @@ class MendEditor:
 
     def _with_neighbour_rows(self, rows: EditRows, model: nn.Module, tokenizer, records) -> EditRows:
         """``rows`` plus each record's zero-shift neighbour rows, when neighbour protection is on."""
-        if self.neighbours is None or not self.neighbours[1].per_edit:
+        if self.neighbours is None or not self.neighbours[1].enabled:
             return rows
-        bank, settings = self.neighbours
+        bank, settings, subjects = self.neighbours
         protect = {name: self.solver(name).protect for name in rows.weight_names}
-        keys, owners = neighbour_rows(bank, model, tokenizer, records, settings, protect)
+        keys, owners = neighbour_rows(
+            bank, model, tokenizer, records, settings, protect, subjects=subjects, scope=self.scope
+        )
+        if not len(owners):
+            return rows
         zeros = {
             name: torch.zeros(len(owners), rows.pseudo_values[name].shape[1]) for name in rows.weight_names
         }

@@ -39,6 +39,7 @@ from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer
 from editing.mend.protected import known_fact_batches
+from editing.mend.substitutes import SubjectPool, substitute_facts
 
 LOGGER = logging.getLogger(__name__)
 BANK_FORMAT = "mend-neighbour-bank/1"
@@ -53,12 +54,22 @@ class NeighbourBankError(ValueError):
 class NeighbourSettings:
     """How many bank facts protect each edit, and how hard (a multiple of the learned protection)."""
 
-    per_edit: int = 0  # 0 switches neighbour protection off
+    per_edit: int = 0  # nearest bank facts per edit (0: none)
     weight: float = 1.0
+    # Same-wording neighbours per edit (editing.mend.substitutes; 0: none), kept when the base model's
+    # first answer token has at least this probability.
+    substitutes: int = 0
+    min_probability: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.per_edit < 0 or not self.weight >= 0:
-            raise ValueError(f"neighbours: per_edit must be >= 0 and weight >= 0, got {self}")
+        if self.per_edit < 0 or self.substitutes < 0 or not self.weight >= 0:
+            raise ValueError(f"neighbours: per_edit, substitutes and weight must be >= 0, got {self}")
+        if not 0.0 <= self.min_probability <= 1.0:
+            raise ValueError(f"neighbours: min_probability must be in [0, 1], got {self.min_probability}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.per_edit or self.substitutes)
 
 
 @dataclass
@@ -159,26 +170,66 @@ def build_neighbour_bank(
     return NeighbourBank(tuple(kept), embeddings, stacked, torch.cat(row_fact), base_fingerprint)
 
 
+def _rows_of(
+    bank: NeighbourBank, facts_by_record: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank rows of each record's facts (indices into ``bank.facts``) and (rows,) their record."""
+    fact_rows, owners = [], []
+    for index, facts in enumerate(facts_by_record):
+        for fact in facts:
+            rows = torch.nonzero(bank.row_fact == fact).flatten()
+            fact_rows.append(rows)
+            owners.append(torch.full((len(rows),), index, dtype=torch.long))
+    empty = torch.zeros(0, dtype=torch.long)
+    return (torch.cat(fact_rows) if fact_rows else empty), (torch.cat(owners) if owners else empty)
+
+
+def _substitute_part(model, tokenizer, records, subjects: SubjectPool, settings: NeighbourSettings, scope):
+    """A bank of the records' same-wording neighbours and, per record, its facts' indices in it."""
+    wanted = substitute_facts(
+        model, tokenizer, records, subjects, settings.substitutes, min_probability=settings.min_probability
+    )
+    unique = list({fact.prompt: fact for facts in wanted for fact in facts}.values())
+    if not unique:
+        return None, []
+    bank = build_neighbour_bank(model, tokenizer, scope, subjects.base_fingerprint, unique)
+    position = {fact.prompt: i for i, fact in enumerate(bank.facts)}  # a fact the model misses has none
+    return bank, [[position[f.prompt] for f in facts if f.prompt in position] for facts in wanted]
+
+
 def neighbour_rows(
-    bank: NeighbourBank,
+    bank: NeighbourBank | None,
     model: nn.Module,
     tokenizer,
     records: Sequence[EditRecord],
     settings: NeighbourSettings,
     protect: dict[str, float],
+    *,
+    subjects: SubjectPool | None = None,
+    scope: EditScope | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per weight, the zero-shift rows ``sqrt(protect * weight) k_n`` (rows, d_in) of every record's
-    nearest facts, and (rows,) the record each row belongs to."""
-    embeddings = prompt_embeddings(
-        model, tokenizer, [record.prompt for record in records]
-    )  # (records, hidden)
-    fact_rows, owners = [], []
-    for index, (record, embedding) in enumerate(zip(records, embeddings, strict=True)):
-        for fact in bank.nearest(embedding, record.subject, settings.per_edit):
-            rows = torch.nonzero(bank.row_fact == fact).flatten()
-            fact_rows.append(rows)
-            owners.append(torch.full((len(rows),), index, dtype=torch.long))
-    selected = torch.cat(fact_rows) if fact_rows else torch.zeros(0, dtype=torch.long)
-    scale = {name: (protect[name] * settings.weight) ** 0.5 for name in bank.keys}
-    keys = {name: scale[name] * bank.keys[name][selected] for name in bank.keys}
-    return keys, torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
+    nearest bank facts and same-wording neighbours, and (rows,) the record each row belongs to."""
+    parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    if bank is not None and settings.per_edit:
+        embeddings = prompt_embeddings(
+            model, tokenizer, [record.prompt for record in records]
+        )  # (records, hidden)
+        nearest = [
+            bank.nearest(embedding, record.subject, settings.per_edit)
+            for record, embedding in zip(records, embeddings, strict=True)
+        ]
+        selected, owners = _rows_of(bank, nearest)
+        parts.append(({name: keys[selected] for name, keys in bank.keys.items()}, owners))
+    if subjects is not None and settings.substitutes:
+        if scope is None:
+            raise ValueError("same-wording neighbours need the editor's scope to measure their keys")
+        made, facts = _substitute_part(model, tokenizer, records, subjects, settings, scope)
+        if made is not None:
+            selected, owners = _rows_of(made, facts)
+            parts.append(({name: keys[selected] for name, keys in made.keys.items()}, owners))
+    if not parts:
+        return {}, torch.zeros(0, dtype=torch.long)
+    scale = {name: (protect[name] * settings.weight) ** 0.5 for name in protect}
+    keys = {name: scale[name] * torch.cat([part[0][name] for part in parts]) for name in protect}
+    return keys, torch.cat([part[1] for part in parts])

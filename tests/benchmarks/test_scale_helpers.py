@@ -32,6 +32,38 @@ def test_solver_grid_cells_name_multipliers_and_optionally_neighbours():
 
     from benchmarks.solver_sweep import _grid
 
-    assert _grid("1x1,0.125x16,1x1x8x10") == [(1.0, 1.0, 0, 0.0), (0.125, 16.0, 0, 0.0), (1.0, 1.0, 8, 10.0)]
+    assert _grid("1x1,0.125x16,1x1x8x10,1x1x0x4x8") == [
+        (1.0, 1.0, 0, 0.0, 0), (0.125, 16.0, 0, 0.0, 0), (1.0, 1.0, 8, 10.0, 0), (1.0, 1.0, 0, 4.0, 8)
+    ]  # fmt: skip
     with pytest.raises(argparse.ArgumentTypeError, match="1x2x3"):
         _grid("1x2x3")
+
+
+def test_same_relation_batches_hold_one_relation_each():
+    from benchmarks.solver_sweep import same_relation_records
+    from editing.data.records import PromptAnswer
+
+    def record(index: int, template: str, subject: str, neighbour: str) -> EditRecord:
+        probe = PromptAnswer(template.format(neighbour), "x", "neighborhood")
+        return EditRecord(f"r{index}", template.format(subject), "y", subject=subject, locality=(probe,))
+
+    capitals = [record(i, "The capital city of {} is", f"Land{i}", f"Land{i + 50}") for i in range(5)]
+    languages = [
+        record(10 + i, "The official language of {} is", f"Nation{i}", f"Nation{i + 50}") for i in range(3)
+    ]
+    mixed = [
+        capitals[0],
+        languages[0],
+        capitals[1],
+        languages[1],
+        capitals[2],
+        capitals[3],
+        languages[2],
+        capitals[4],
+    ]
+    chosen = same_relation_records(mixed, 2, 8)
+    assert len(chosen) == 6  # 4 of 5 capitals and 2 of 3 languages fill whole batches of 2
+    for start in range(0, len(chosen), 2):
+        first, second = chosen[start : start + 2]
+        assert first.prompt.split(" of ")[0] == second.prompt.split(" of ")[0]
+    assert same_relation_records(mixed, 2, 4) == chosen[:4]

@@ -87,3 +87,12 @@ def test_two_processes_train_the_editor_one_process_trains(saved_inputs, tmp_pat
     assert metrics[0]["step"] == metrics[1]["step"] == TRAIN.max_steps
     assert metrics[0]["best_step"] == metrics[1]["best_step"]
     assert metrics[1]["best"]["score"] == pytest.approx(metrics[0]["best"]["score"], abs=1e-6)
+
+
+def test_a_global_batch_that_does_not_share_out_evenly_is_refused(saved_inputs, tmp_path):
+    uneven = saved_inputs / "train-uneven.json"
+    uneven.write_text(json.dumps(TrainConfig(**{**TRAIN.to_dict(), "batch_shards": 3}).to_dict()))
+    finished = _torchrun(saved_inputs, tmp_path / "ddp", processes=2, train_config=uneven.name)
+    assert finished.returncode != 0
+    assert "batch_shards (3) must be a multiple of the number of processes (2)" in finished.stderr
+    assert not (tmp_path / "ddp" / EDITOR_TENSORS).exists()  # refused before any training

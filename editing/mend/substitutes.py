@@ -1,0 +1,176 @@
+"""Same-wording neighbours: an edit's own prompt with its subject swapped for subjects like it.
+
+The facts an edit is most likely to break are those asked in its own words about a similar subject: an
+edit of "The official language of Iran is" moves "The official language of Egypt is" far more than any
+fact of a general bank (the demo's locality regressions are all of this kind). No fixed bank can hold every
+wording a flag arrives in, so the neighbours are made per edit: the edit's prompt with its subject cut out
+is a template; the subjects nearest to the edited one (by the model's own embedding of the names) fill
+it; the base model answers; the confident answers are facts to hold in place, as zero-shift rows of the
+solve (``editing.mend.neighbours``).
+
+The subject pool excludes every subject that a caller's scored prompts mention (``without_mentioned``:
+the gate's locality pool, the flags), so a gate probe is never protected by name: what the gate sees is
+protection carrying over from other subjects, as it must for facts nobody listed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from editing.core.generate import normalise_words
+from editing.data.generator import SUBJECT_FILES, confident_answers, scored_subjects
+from editing.data.locality import prompt_embeddings
+from editing.data.protected_sources import normalise
+from editing.data.records import EditRecord, PromptAnswer, read_records
+
+POOL_FORMAT = "mend-subject-pool/1"
+POOL_FILE = "subject_pool.safetensors"
+SUBSTITUTE_KIND = "substitute"
+_LONGEST_SUBJECT = 8  # words: longer names are not looked for in scored prompts (and are rare)
+
+
+class SubjectPoolError(ValueError):
+    """A subject pool is malformed or belongs to another base model."""
+
+
+def _name(text: str) -> str:
+    return " ".join(normalise_words(text))
+
+
+@dataclass
+class SubjectPool:
+    """Subject names and the model's embeddings of them, (subjects, hidden), L2-normalised."""
+
+    subjects: tuple[str, ...]
+    embeddings: torch.Tensor
+    base_fingerprint: str
+
+    def without_mentioned(self, prompts: Iterable[str]) -> SubjectPool:
+        """The pool less every subject named (as whole words) in one of ``prompts``."""
+        named: set[str] = set()
+        for prompt in prompts:
+            words = normalise_words(prompt)
+            for size in range(1, _LONGEST_SUBJECT + 1):
+                for start in range(len(words) - size + 1):
+                    phrase = " ".join(words[start : start + size])
+                    # A possessive loses its apostrophe ("Germany's" -> "germanys"): name both readings.
+                    named.update((phrase, phrase.removesuffix("s")))
+        keep = [i for i, subject in enumerate(self.subjects) if _name(subject) not in named]
+        return SubjectPool(
+            tuple(self.subjects[i] for i in keep), self.embeddings[keep], self.base_fingerprint
+        )
+
+    def nearest(self, embedding: torch.Tensor, count: int, exclude: set[str]) -> list[str]:
+        """Up to ``count`` subjects nearest to ``embedding`` (hidden,), none whose name is in ``exclude``."""
+        order = torch.argsort(self.embeddings @ embedding, descending=True).tolist()
+        chosen: list[str] = []
+        for index in order:
+            if _name(self.subjects[index]) not in exclude:
+                chosen.append(self.subjects[index])
+                if len(chosen) == count:
+                    break
+        return chosen
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / POOL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"format": POOL_FORMAT, "base_fingerprint": self.base_fingerprint,
+                    "subjects": json.dumps(list(self.subjects))}  # fmt: skip
+        save_file({"embeddings": self.embeddings.contiguous()}, str(path), metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, *, base_fingerprint: str) -> SubjectPool:
+        path = Path(directory) / POOL_FILE
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != POOL_FORMAT:
+            raise SubjectPoolError(f"{path}: not a {POOL_FORMAT} file")
+        if metadata.get("base_fingerprint") != base_fingerprint:
+            raise SubjectPoolError(f"{path}: measured on another base model")
+        subjects = tuple(json.loads(metadata["subjects"]))
+        embeddings = load_file(str(path))["embeddings"]
+        if embeddings.shape[0] != len(subjects):
+            raise SubjectPoolError(f"{path}: {embeddings.shape[0]} embeddings for {len(subjects)} subjects")
+        return cls(subjects, embeddings, base_fingerprint)
+
+
+def candidate_subjects(data_dir: str | Path) -> list[str]:
+    """Subjects of CounterFact's train and edit splits, less every subject that an evaluation scores."""
+    data_dir = Path(data_dir)
+    scored = scored_subjects(data_dir)
+    return [
+        record.subject
+        for relative in SUBJECT_FILES
+        for record in read_records(data_dir / relative).records
+        if record.subject and normalise(record.subject) not in scored
+    ]
+
+
+def build_subject_pool(
+    model: nn.Module, tokenizer, subjects: Sequence[str], base_fingerprint: str
+) -> SubjectPool:
+    """The distinct non-empty ``subjects`` (first spelling kept) with their embeddings."""
+    first_spelling: dict[str, str] = {}
+    for subject in subjects:
+        if _name(subject):
+            first_spelling.setdefault(_name(subject), subject.strip())
+    unique = list(first_spelling.values())
+    return SubjectPool(tuple(unique), prompt_embeddings(model, tokenizer, unique), base_fingerprint)
+
+
+def template_of(record: EditRecord) -> str | None:
+    """The record's prompt with its subject replaced by ``{}``, or None when the prompt does not name it."""
+    if not record.subject or not record.subject.strip():
+        return None
+    match = re.search(re.escape(record.subject.strip()), record.prompt, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    return (
+        record.prompt[: match.start()].replace("{", "{{").replace("}", "}}")
+        + "{}"
+        + (record.prompt[match.end() :].replace("{", "{{").replace("}", "}}"))
+    )
+
+
+@torch.no_grad()
+def substitute_facts(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence[EditRecord],
+    pool: SubjectPool,
+    count: int,
+    *,
+    min_probability: float = 0.3,
+    candidates_per_fact: int = 3,
+) -> list[list[PromptAnswer]]:
+    """Per record, up to ``count`` facts in its own wording about the pool's nearest subjects that the
+    base ``model`` answers with a first-token probability of at least ``min_probability``. No subject
+    of any of ``records`` is used: one edit must not hold another's subject in place."""
+    busy = {_name(r.subject) for r in records if r.subject}
+    templates = [template_of(record) for record in records]
+    named = [i for i, template in enumerate(templates) if template is not None]
+    facts: list[list[PromptAnswer]] = [[] for _ in records]
+    if not named or count < 1 or not pool.subjects:
+        return facts
+    embeddings = prompt_embeddings(model, tokenizer, [records[i].subject for i in named])  # (named, hidden)
+    questions: list[tuple[int, str]] = []  # (record index, prompt)
+    for index, embedding in zip(named, embeddings, strict=True):
+        for subject in pool.nearest(embedding, count * candidates_per_fact, busy):
+            questions.append((index, templates[index].format(subject)))
+    answers = confident_answers(
+        model, tokenizer, [prompt for _, prompt in questions], max_new_tokens=4, batch_size=64
+    )
+    for (index, prompt), (answer, probability) in zip(questions, answers, strict=True):
+        if probability >= min_probability and normalise_words(answer) and len(facts[index]) < count:
+            facts[index].append(PromptAnswer(prompt, answer, SUBSTITUTE_KIND))
+    return facts
