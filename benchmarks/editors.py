@@ -31,7 +31,7 @@ from editing.data.protected_sources import protected_sources, training_texts
 from editing.data.records import read_records
 from editing.mend.neighbours import BANK_FILE, NeighbourBank, build_neighbour_bank
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
-from editing.mend.substitutes import POOL_FILE, SubjectPool, build_subject_pool, candidate_subjects
+from editing.mend.substitutes import SubjectPool, cached_subject_pool
 from editing.training.checkpoint import load_editor
 from editing.training.run import split_records, train_editor
 
@@ -143,16 +143,9 @@ def neighbour_bank_for(loaded: LoadedModel, data_dir: Path, work: Path, *, recor
 def subject_pool_for(loaded: LoadedModel, data_dir: Path, work: Path) -> SubjectPool:
     """The base model's subject pool for same-wording neighbours, embedded once into ``work/subjects``
     (subjects as the pipeline's: none that a benchmark scores)."""
-    directory = work / "subjects"
-    if (directory / POOL_FILE).is_file():
-        return SubjectPool.load(directory, base_fingerprint=loaded.fingerprint)
-    started = time.perf_counter()
-    pool = build_subject_pool(
-        loaded.model, loaded.tokenizer, candidate_subjects(data_dir), loaded.fingerprint
+    return cached_subject_pool(
+        work / "subjects", loaded.model, loaded.tokenizer, data_dir, loaded.fingerprint
     )
-    pool.save(directory)
-    LOGGER.info("subject pool: %d subjects in %.0f s", len(pool.subjects), time.perf_counter() - started)
-    return pool
 
 
 def train_or_reuse(

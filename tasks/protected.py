@@ -21,7 +21,7 @@ from editing.core.targets import resolve_scope
 from editing.data.protected_sources import protected_sources
 from editing.mend.neighbours import BANK_FILE, NeighbourBank, build_neighbour_bank
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
-from editing.mend.substitutes import POOL_FILE, SubjectPool, build_subject_pool, candidate_subjects
+from editing.mend.substitutes import SubjectPool, cached_subject_pool, candidate_subjects
 from tasks.dataset import REFERENCE_PROMPTS_KEY
 from tasks.flags import read_flag_log
 from tasks.settings import FixSettings
@@ -103,17 +103,11 @@ def neighbour_bank_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequ
 
 
 def subject_pool_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequence[str]) -> SubjectPool:
-    """The base model's subject pool for same-wording neighbours (editing.mend.substitutes), from the
-    cache or embedded now (about a minute on two cores), less every subject that ``exclude`` (what this
-    store's gate scores) names."""
-    subjects = candidate_subjects(settings.data_dir)
-    digest = hashlib.sha256(json.dumps(subjects).encode()).hexdigest()[:16]
+    """The base model's subject pool for same-wording neighbours (editing.mend.substitutes), cached per
+    base model and subject list, less every subject that ``exclude`` (what this store's gate scores) names."""
+    digest = hashlib.sha256(json.dumps(candidate_subjects(settings.data_dir)).encode()).hexdigest()[:16]
     directory = cache_dir() / "subjects" / f"{loaded.fingerprint[:16]}-{digest}"
-    if (directory / POOL_FILE).is_file():
-        pool = SubjectPool.load(directory, base_fingerprint=loaded.fingerprint)
-    else:
-        started = time.perf_counter()
-        pool = build_subject_pool(loaded.model, loaded.tokenizer, subjects, loaded.fingerprint)
-        pool.save(directory)
-        LOGGER.info("embedded %d subjects in %.0f s", len(pool.subjects), time.perf_counter() - started)
+    pool = cached_subject_pool(
+        directory, loaded.model, loaded.tokenizer, settings.data_dir, loaded.fingerprint
+    )
     return pool.without_mentioned(exclude)

@@ -113,6 +113,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_base_model_file(
+    path: Path, file_format: str, base_fingerprint: str, error: type[Exception]
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file measured on one base model, refused with ``error`` when
+    it is of another format or another base model."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != file_format:
+        raise error(f"{path}: not a {file_format} file")
+    if metadata.get("base_fingerprint") != base_fingerprint:
+        raise error(f"{path}: measured on another base model")
+    return metadata, load_file(str(path))
+
+
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every named parameter and buffer, tied aliases included, as the tensors the model computes with."""
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from editing.core.forward import eval_mode
+from editing.core.snapshot import read_base_model_file
 from editing.core.targets import EditScope
 from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
@@ -122,13 +122,7 @@ class NeighbourBank:
     @classmethod
     def load(cls, directory: str | Path, *, base_fingerprint: str) -> NeighbourBank:
         path = Path(directory) / BANK_FILE
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-        if metadata.get("format") != BANK_FORMAT:
-            raise NeighbourBankError(f"{path}: not a {BANK_FORMAT} file")
-        if metadata.get("base_fingerprint") != base_fingerprint:
-            raise NeighbourBankError(f"{path}: measured on another base model")
+        metadata, tensors = read_base_model_file(path, BANK_FORMAT, base_fingerprint, NeighbourBankError)
         facts = tuple(
             PromptAnswer(prompt, answer, kind) for prompt, answer, kind in json.loads(metadata["facts"])
         )
@@ -137,17 +131,11 @@ class NeighbourBank:
 
 
 @torch.no_grad()
-def build_neighbour_bank(
-    model: nn.Module,
-    tokenizer,
-    scope: EditScope,
-    base_fingerprint: str,
-    facts: Sequence[PromptAnswer],
-    *,
-    batch_size: int = 32,
-) -> NeighbourBank:
-    """The facts that ``model`` answers right (its greedy first token is the answer's), with their keys
-    and prompt embeddings."""
+def known_fact_keys(
+    model: nn.Module, tokenizer, scope: EditScope, facts: Sequence[PromptAnswer], *, batch_size: int = 32
+) -> tuple[tuple[PromptAnswer, ...], dict[str, torch.Tensor], torch.Tensor]:
+    """The facts that ``model`` answers right (its greedy first token is the answer's), per weight the
+    keys at their answer positions (rows, d_in), and (rows,) the kept fact of each row."""
     kept: list[PromptAnswer] = []
     keys: dict[str, list[torch.Tensor]] = {name: [] for name in scope.weight_names}
     row_fact: list[torch.Tensor] = []
@@ -162,22 +150,36 @@ def build_neighbour_bank(
             renumber = torch.cumsum(known.cpu().long(), dim=0) - 1 + len(kept)  # (batch,) index in kept
             row_fact.append(renumber[fact_of_row])
             kept += [fact for fact, is_known in zip(chunk, known.tolist(), strict=True) if is_known]
+    stacked = {name: torch.cat(parts) for name, parts in keys.items()}
+    return tuple(kept), stacked, torch.cat(row_fact)
+
+
+def build_neighbour_bank(
+    model: nn.Module,
+    tokenizer,
+    scope: EditScope,
+    base_fingerprint: str,
+    facts: Sequence[PromptAnswer],
+    *,
+    batch_size: int = 32,
+) -> NeighbourBank:
+    """The facts that ``model`` answers right, with their keys and prompt embeddings."""
+    kept, keys, row_fact = known_fact_keys(model, tokenizer, scope, facts, batch_size=batch_size)
     if not kept:  # then no edit has neighbours to protect: the solve is the plain one
         LOGGER.warning("neighbour bank: the model answers none of %d facts right", len(facts))
     embeddings = prompt_embeddings(model, tokenizer, [fact.prompt for fact in kept])
     LOGGER.info("neighbour bank: %d of %d facts known", len(kept), len(facts))
-    stacked = {name: torch.cat(parts) for name, parts in keys.items()}
-    return NeighbourBank(tuple(kept), embeddings, stacked, torch.cat(row_fact), base_fingerprint)
+    return NeighbourBank(kept, embeddings, keys, row_fact, base_fingerprint)
 
 
 def _rows_of(
-    bank: NeighbourBank, facts_by_record: Sequence[Sequence[int]]
+    row_fact: torch.Tensor, facts_by_record: Sequence[Sequence[int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bank rows of each record's facts (indices into ``bank.facts``) and (rows,) their record."""
+    """The rows (by ``row_fact``, (rows,) each row's fact) of each record's facts and (rows,) their record."""
     fact_rows, owners = [], []
     for index, facts in enumerate(facts_by_record):
         for fact in facts:
-            rows = torch.nonzero(bank.row_fact == fact).flatten()
+            rows = torch.nonzero(row_fact == fact).flatten()
             fact_rows.append(rows)
             owners.append(torch.full((len(rows),), index, dtype=torch.long))
     empty = torch.zeros(0, dtype=torch.long)
@@ -185,16 +187,20 @@ def _rows_of(
 
 
 def _substitute_part(model, tokenizer, records, subjects: SubjectPool, settings: NeighbourSettings, scope):
-    """A bank of the records' same-wording neighbours and, per record, its facts' indices in it."""
+    """Per weight the keys of the records' same-wording neighbours (rows, d_in), and (rows,) the record of
+    each row; None when no record has one."""
     wanted = substitute_facts(
         model, tokenizer, records, subjects, settings.substitutes, min_probability=settings.min_probability
     )
     unique = list({fact.prompt: fact for facts in wanted for fact in facts}.values())
     if not unique:
-        return None, []
-    bank = build_neighbour_bank(model, tokenizer, scope, subjects.base_fingerprint, unique)
-    position = {fact.prompt: i for i, fact in enumerate(bank.facts)}  # a fact the model misses has none
-    return bank, [[position[f.prompt] for f in facts if f.prompt in position] for facts in wanted]
+        return None
+    kept, keys, row_fact = known_fact_keys(model, tokenizer, scope, unique)
+    position = {fact.prompt: i for i, fact in enumerate(kept)}  # a fact the model misses has none
+    selected, owners = _rows_of(
+        row_fact, [[position[f.prompt] for f in facts if f.prompt in position] for facts in wanted]
+    )
+    return {name: rows[selected] for name, rows in keys.items()}, owners
 
 
 def neighbour_rows(
@@ -219,15 +225,14 @@ def neighbour_rows(
             bank.nearest(embedding, record.subject, settings.per_edit)
             for record, embedding in zip(records, embeddings, strict=True)
         ]
-        selected, owners = _rows_of(bank, nearest)
+        selected, owners = _rows_of(bank.row_fact, nearest)
         parts.append(({name: keys[selected] for name, keys in bank.keys.items()}, owners))
     if subjects is not None and settings.substitutes:
         if scope is None:
             raise ValueError("same-wording neighbours need the editor's scope to measure their keys")
-        made, facts = _substitute_part(model, tokenizer, records, subjects, settings, scope)
+        made = _substitute_part(model, tokenizer, records, subjects, settings, scope)
         if made is not None:
-            selected, owners = _rows_of(made, facts)
-            parts.append(({name: keys[selected] for name, keys in made.keys.items()}, owners))
+            parts.append(made)
     if not parts:
         return {}, torch.zeros(0, dtype=torch.long)
     scale = {name: (protect[name] * settings.weight) ** 0.5 for name in protect}

@@ -16,22 +16,25 @@ protection carrying over from other subjects, as it must for facts nobody listed
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from editing.core.generate import normalise_words
+from editing.core.snapshot import read_base_model_file
 from editing.data.generator import SUBJECT_FILES, confident_answers, scored_subjects
 from editing.data.locality import prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer, read_records
 
+LOGGER = logging.getLogger(__name__)
 POOL_FORMAT = "mend-subject-pool/1"
 POOL_FILE = "subject_pool.safetensors"
 SUBSTITUTE_KIND = "substitute"
@@ -91,14 +94,8 @@ class SubjectPool:
     @classmethod
     def load(cls, directory: str | Path, *, base_fingerprint: str) -> SubjectPool:
         path = Path(directory) / POOL_FILE
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != POOL_FORMAT:
-            raise SubjectPoolError(f"{path}: not a {POOL_FORMAT} file")
-        if metadata.get("base_fingerprint") != base_fingerprint:
-            raise SubjectPoolError(f"{path}: measured on another base model")
-        subjects = tuple(json.loads(metadata["subjects"]))
-        embeddings = load_file(str(path))["embeddings"]
+        metadata, tensors = read_base_model_file(path, POOL_FORMAT, base_fingerprint, SubjectPoolError)
+        subjects, embeddings = tuple(json.loads(metadata["subjects"])), tensors["embeddings"]
         if embeddings.shape[0] != len(subjects):
             raise SubjectPoolError(f"{path}: {embeddings.shape[0]} embeddings for {len(subjects)} subjects")
         return cls(subjects, embeddings, base_fingerprint)
@@ -126,6 +123,19 @@ def build_subject_pool(
             first_spelling.setdefault(_name(subject), subject.strip())
     unique = list(first_spelling.values())
     return SubjectPool(tuple(unique), prompt_embeddings(model, tokenizer, unique), base_fingerprint)
+
+
+def cached_subject_pool(directory: str | Path, model: nn.Module, tokenizer, data_dir: str | Path,
+                        base_fingerprint: str) -> SubjectPool:  # fmt: skip
+    """The pool of ``candidate_subjects(data_dir)`` saved in ``directory``, else embedded now and saved
+    there (about a minute on two cores)."""
+    if (Path(directory) / POOL_FILE).is_file():
+        return SubjectPool.load(directory, base_fingerprint=base_fingerprint)
+    started = time.perf_counter()
+    pool = build_subject_pool(model, tokenizer, candidate_subjects(data_dir), base_fingerprint)
+    pool.save(directory)
+    LOGGER.info("embedded %d subjects in %.0f s", len(pool.subjects), time.perf_counter() - started)
+    return pool
 
 
 def template_of(record: EditRecord) -> str | None:
