@@ -107,7 +107,10 @@ def subject_pool_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequen
     base model and subject list, less every subject that ``exclude`` (what this store's gate scores) names."""
     digest = hashlib.sha256(json.dumps(candidate_subjects(settings.data_dir)).encode()).hexdigest()[:16]
     directory = cache_dir() / "subjects" / f"{loaded.fingerprint[:16]}-{digest}"
+    from tasks.progress import progress_callback
+
+    report = progress_callback("embedding the subject pool", "subjects")
     pool = cached_subject_pool(
-        directory, loaded.model, loaded.tokenizer, settings.data_dir, loaded.fingerprint
+        directory, loaded.model, loaded.tokenizer, settings.data_dir, loaded.fingerprint, report
     )
     return pool.without_mentioned(exclude)

@@ -29,18 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from editing.core.forward import eval_mode
+from editing.core.confidence import ConfidentAnswers
 from editing.core.generate import normalise_words
-from editing.core.tokens import pad_token_id
 from editing.data.edit_record import EditRecord, PromptAnswer
 from editing.data.locality import mentions
 from editing.data.protected_sources import SCORED_RECORDS, normalise, scored_prompts
 from editing.data.records import read_records
 from editing.data.relation_templates import Relation, RelationTemplates, load_templates, subject_kinds
-from editing.evaluation.answers import first_clause
 
 LOGGER = logging.getLogger(__name__)
 CACHE_FORMAT = "mend-generated-training/1"
@@ -85,31 +82,6 @@ class Generation:
     info: dict[str, Any]  # counts: subjects asked, prompts, facts, what was left out and why
 
 
-@torch.no_grad()
-def confident_answers(
-    model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int
-) -> list[tuple[str, float]]:
-    """Per prompt, the greedy completion's first clause and the probability of its first token."""
-    device = next(model.parameters()).device
-    results: list[tuple[str, float]] = []
-    with eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
-            encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left").to(device)
-            output = model.generate(
-                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=pad_token_id(tokenizer), output_scores=True, return_dict_in_generate=True,
-            )  # fmt: skip
-            first = torch.softmax(output.scores[0].float(), dim=-1).max(dim=-1).values  # (batch,)
-            texts = tokenizer.batch_decode(
-                output.sequences[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            for text, probability in zip(texts, first.tolist(), strict=True):
-                line = text.lstrip().split("\n", 1)[0].strip()
-                results.append((first_clause(line) if line else "", probability))
-    return results
-
-
 def scored_subjects(data_dir: Path) -> set[str]:
     """Subjects of the records some evaluation scores: never generated into training."""
     subjects = set()
@@ -138,6 +110,11 @@ def collect_facts(
     (their relation has at least two distinct objects, so a counterfactual target exists)."""
     order = sorted(subjects)
     random.Random(config.seed).shuffle(order)
+    # Screened: only questions that can reach min_probability are decoded (editing.core.confidence).
+    ask = ConfidentAnswers(
+        model, tokenizer, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+        min_probability=config.min_probability,
+    )  # fmt: skip
     facts: list[Fact] = []
     objects: dict[str, set[str]] = defaultdict(set)
     counts: dict[str, int] = defaultdict(int)
@@ -153,10 +130,7 @@ def collect_facts(
                     info["excluded_as_scored"] += 1
                     continue
                 questions.append((subject, relation, prompt))
-        answers = confident_answers(
-            model, tokenizer, [q[2] for q in questions],
-            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-        )  # fmt: skip
+        answers = ask([q[2] for q in questions])
         info["subjects_asked"], info["prompts_asked"] = position, info["prompts_asked"] + len(questions)
         for (subject, relation, prompt), (answer, probability) in zip(questions, answers, strict=True):
             if probability < config.min_probability:

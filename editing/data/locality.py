@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import random as random_module
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -88,21 +88,28 @@ def build_locality_pool(
 
 @torch.no_grad()
 def prompt_embeddings(
-    model: nn.Module, tokenizer, prompts: Sequence[str], *, batch_size: int = 32
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """(n, hidden) float32 on the CPU: the last hidden state averaged over real tokens, L2-normalised."""
+    """(n, hidden) float32 on the CPU: the last hidden state averaged over real tokens, L2-normalised.
+    ``on_progress(done, total)`` after each batch."""
     hidden_size = model.config.hidden_size
     device = next(model.parameters()).device
-    rows = []
+    # Batches of similar length waste little on padding; rows go back to the callers' order at the end.
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    rows = torch.zeros((len(prompts), hidden_size))
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
+            batch = order[start : start + batch_size]
             encoded = tokenizer(
-                list(prompts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                padding_side="right",
+                [prompts[i] for i in batch], return_tensors="pt", padding=True, padding_side="right"
             )
             mask = encoded["attention_mask"].to(device)  # (batch, seq)
             # The base model ends with the final norm and skips the vocabulary projection we do not need.
@@ -111,10 +118,12 @@ def prompt_embeddings(
             ).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
             mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (batch, hidden)
-            rows.append(torch.nn.functional.normalize(mean.float(), dim=-1).cpu())
+            rows[batch] = torch.nn.functional.normalize(mean.float(), dim=-1).cpu()
+            if on_progress is not None:
+                on_progress(min(start + batch_size, len(prompts)), len(prompts))
     finally:
         model.train(was_training)
-    return torch.cat(rows) if rows else torch.zeros((0, hidden_size))
+    return rows
 
 
 def mentions(text: str, phrase: str | None) -> bool:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from editing.core.confidence import confident_answers
 from editing.core.generate import answer_matches
 from editing.data.edit_record import PromptAnswer
-from editing.data.generator import SAME_SUBJECT_KIND, confident_answers
+from editing.data.generator import SAME_SUBJECT_KIND
 from editing.data.locality import mentions
 from editing.data.protected_sources import normalise
 from editing.data.relation_templates import RelationTemplates, load_templates
@@ -67,10 +68,13 @@ def same_subject_probes(
         return [[] for _ in edits]
     templates = templates or load_templates()
     questions = [relation.prompt(0, edit.subject) for edit in known for relation in templates.relations]
-    answers = confident_answers(
-        model, tokenizer, [edit.prompt for edit in known] + questions, max_new_tokens=6, batch_size=batch_size
+    references = confident_answers(
+        model, tokenizer, [edit.prompt for edit in known], max_new_tokens=6, batch_size=batch_size
     )
-    references, templated = answers[: len(known)], answers[len(known) :]
+    # Questions that cannot reach min_probability are screened out without decoding them.
+    templated = confident_answers(
+        model, tokenizer, questions, max_new_tokens=6, batch_size=batch_size, min_probability=min_probability
+    )
     per_subject = len(templates.relations)
     by_edit: dict[int, list[PromptAnswer]] = {}
     for position, edit in enumerate(known):

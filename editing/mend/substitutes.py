@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from editing.core.confidence import confident_answers
 from editing.core.generate import normalise_words
 from editing.core.snapshot import read_base_model_file
-from editing.data.generator import SUBJECT_FILES, confident_answers, scored_subjects
+from editing.data.generator import SUBJECT_FILES, scored_subjects
 from editing.data.locality import prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer, read_records
@@ -114,25 +115,33 @@ def candidate_subjects(data_dir: str | Path) -> list[str]:
 
 
 def build_subject_pool(
-    model: nn.Module, tokenizer, subjects: Sequence[str], base_fingerprint: str
+    model: nn.Module,
+    tokenizer,
+    subjects: Sequence[str],
+    base_fingerprint: str,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SubjectPool:
-    """The distinct non-empty ``subjects`` (first spelling kept) with their embeddings."""
+    """The distinct non-empty ``subjects`` (first spelling kept) with their embeddings;
+    ``on_progress(done, total)`` as they are embedded."""
     first_spelling: dict[str, str] = {}
     for subject in subjects:
         if _name(subject):
             first_spelling.setdefault(_name(subject), subject.strip())
     unique = list(first_spelling.values())
-    return SubjectPool(tuple(unique), prompt_embeddings(model, tokenizer, unique), base_fingerprint)
+    # Names are a few tokens long: large batches keep the per-call overhead of 30 blocks small.
+    embeddings = prompt_embeddings(model, tokenizer, unique, batch_size=256, on_progress=on_progress)
+    return SubjectPool(tuple(unique), embeddings, base_fingerprint)
 
 
 def cached_subject_pool(directory: str | Path, model: nn.Module, tokenizer, data_dir: str | Path,
-                        base_fingerprint: str) -> SubjectPool:  # fmt: skip
-    """The pool of ``candidate_subjects(data_dir)`` saved in ``directory``, else embedded now and saved
-    there (about a minute on two cores)."""
+                        base_fingerprint: str,
+                        on_progress: Callable[[int, int], None] | None = None) -> SubjectPool:  # fmt: skip
+    """The pool of ``candidate_subjects(data_dir)`` saved in ``directory``, else embedded now (about a
+    minute on two cores, reported to ``on_progress``) and saved there."""
     if (Path(directory) / POOL_FILE).is_file():
         return SubjectPool.load(directory, base_fingerprint=base_fingerprint)
     started = time.perf_counter()
-    pool = build_subject_pool(model, tokenizer, candidate_subjects(data_dir), base_fingerprint)
+    pool = build_subject_pool(model, tokenizer, candidate_subjects(data_dir), base_fingerprint, on_progress)
     pool.save(directory)
     LOGGER.info("embedded %d subjects in %.0f s", len(pool.subjects), time.perf_counter() - started)
     return pool
@@ -178,8 +187,9 @@ def substitute_facts(
         for subject in pool.nearest(embedding, count * candidates_per_fact, busy):
             questions.append((index, templates[index].format(subject)))
     answers = confident_answers(
-        model, tokenizer, [prompt for _, prompt in questions], max_new_tokens=4, batch_size=64
-    )
+        model, tokenizer, [prompt for _, prompt in questions], max_new_tokens=4, batch_size=64,
+        min_probability=min_probability,
+    )  # fmt: skip
     for (index, prompt), (answer, probability) in zip(questions, answers, strict=True):
         if probability >= min_probability and normalise_words(answer) and len(facts[index]) < count:
             facts[index].append(PromptAnswer(prompt, answer, SUBSTITUTE_KIND))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from editing.config import TrainConfig
+from editing.core.confidence import fast_bf16
 from editing.core.prefix import PrefixCache
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, pad_token_id
@@ -81,7 +82,7 @@ class EditorTrainer:
         if not train_examples or not val_examples:
             raise ValueError("need at least one training and one validation example")
         self.device = pick_device(config.device)
-        self.bf16 = config.bf16_autocast and (self.device.type == "cuda" or cpu_has_fast_bf16())
+        self.bf16 = config.bf16_autocast and fast_bf16(self.device)
         model = model.to(self.device)
         if self.bf16 and self.device.type == "cpu":
             # Autocast casts frozen weights again for every product on a CPU (its cast cache keeps only
@@ -278,18 +279,6 @@ class EditorTrainer:
             "misses": self.cache.misses,
         }
         return summary
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX): there, bf16 products
-    run 2-3x faster than float32 ones (measured on the project's 2-core AMD EPYC); elsewhere they are
-    emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _protection(network: MendNetwork, protected: ProtectedKeys | None, device: torch.device):

@@ -59,9 +59,11 @@ def test_embeddings_are_unit_rows_that_ignore_padding(tiny_model):
     embeddings = prompt_embeddings(tiny_model.model, tiny_model.tokenizer, PROMPTS, batch_size=3)
     assert embeddings.shape == (len(PROMPTS), tiny_model.model.config.hidden_size)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(len(PROMPTS)))
-    # The shortest prompt alone (no padding) embeds as it does next to longer prompts (padded).
-    alone = prompt_embeddings(tiny_model.model, tiny_model.tokenizer, ["Sega makes"])
-    torch.testing.assert_close(alone[0], embeddings[2], atol=1e-5, rtol=1e-5)
+    # Each prompt alone (no padding) embeds as it does batched by length with others (padded), and the
+    # rows come back in the callers' order.
+    for index, prompt in enumerate(PROMPTS):
+        alone = prompt_embeddings(tiny_model.model, tiny_model.tokenizer, [prompt])
+        torch.testing.assert_close(alone[0], embeddings[index], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(embeddings[0], embeddings[1])
     assert prompt_embeddings(tiny_model.model, tiny_model.tokenizer, []).shape == (0, embeddings.shape[1])
 

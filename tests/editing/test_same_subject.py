@@ -110,7 +110,7 @@ def test_evaluation_reports_neighbour_and_same_subject_locality_apart(tiny_llama
 
 
 def test_a_flags_same_subject_probes_are_its_subjects_other_facts(tiny_llama):
-    from editing.data.generator import confident_answers
+    from editing.core.confidence import confident_answers
     from editing.data.same_subject import SubjectEdit, same_subject_probes
 
     model, tokenizer = tiny_llama.model, tiny_llama.tokenizer

@@ -51,6 +51,16 @@ def test_the_pool_keeps_one_spelling_per_name_and_round_trips(tiny_llama, tmp_pa
         SubjectPool.load(tmp_path, base_fingerprint="other")
 
 
+def test_embedding_the_pool_reports_progress_up_to_its_size(tiny_llama):
+    reports: list[tuple[int, int]] = []
+    names = [f"Subject {index}" for index in range(300)]  # two batches of 256
+    pool = build_subject_pool(
+        tiny_llama.model, tiny_llama.tokenizer, names, tiny_llama.fingerprint,
+        lambda done, total: reports.append((done, total)),
+    )  # fmt: skip
+    assert reports == [(256, 300), (300, 300)] and len(pool.subjects) == 300
+
+
 def test_a_subject_a_scored_prompt_names_leaves_the_pool(tiny_llama):
     pool = _pool(tiny_llama).without_mentioned(
         ["The capital of EGYPT is", "Cote d'Ivoire's capital is", "An Iranian poet"]
