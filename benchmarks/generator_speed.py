@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
               "example": generation.records[0].to_json() if generation.records else None}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"generator-{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / f"generator-{args.tag}.md").write_text(markdown(result))
     print(
         json.dumps(
             {
@@ -68,6 +69,29 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     )
+
+
+TARGET_SECONDS = 600  # issue 12: 10,000 examples in at most 10 minutes on 2 CPU cores
+
+
+def markdown(result: dict) -> str:
+    """The benchmark's table: time to build, records per second and the verdict against the target."""
+    records, seconds = result["records"], result["build_seconds"]
+    wanted = result["config"]["examples"]
+    verdict = "met" if records >= wanted and seconds <= TARGET_SECONDS else "missed"
+    if wanted != 10_000:
+        verdict = f"not judged ({wanted:,} wanted, the target is for 10,000)"
+    info, machine = result["info"], result["machine"]
+    if isinstance(machine, dict):
+        machine = f"{machine.get('cpu_count')} CPU cores, {machine.get('torch_threads')} torch threads"
+    return "\n".join([
+        f"# Training-data generator ({result['date']}, {machine})", "",
+        "| records | wanted | build (s) | CPU (s) | records/s | prompts asked | target <= 600 s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {records:,} | {wanted:,} | {seconds:.0f} | {result['build_cpu_seconds']:.0f} | "
+        f"{records / max(seconds, 1e-9):.1f} | {info.get('prompts_asked', 0):,} | {verdict} |", "",
+        f"Loading them from the cache: {result['cache_load_seconds']:.2f} s.", "",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

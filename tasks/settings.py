@@ -18,6 +18,8 @@ from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
 AGGREGATIONS = ("least_squares", "sum")
+# Same-wording neighbours per edit at edit time (see FixSettings.edit_substitutes).
+DEFAULT_EDIT_SUBSTITUTES = 8
 
 
 class SettingsError(ValueError):
@@ -63,6 +65,8 @@ class FixSettings:
     neighbour_bank_records: int
     # Same-wording neighbours (editing.mend.substitutes): per edit, its own prompt about up to this many
     # similar subjects that the base model answers confidently, held in place the same way; 0 is off.
+    # 8 by default: on two demo editors it moved neighbour locality 0.925 -> 0.9496 and 0.903 -> 0.942,
+    # where 16 and 32 cost paraphrase success without more locality (README).
     edit_substitutes: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
@@ -149,7 +153,7 @@ class FixSettings:
             "edit_neighbours": int(_number("MEND_EDIT_NEIGHBOURS", 0)),
             "edit_neighbour_weight": _number("MEND_EDIT_NEIGHBOUR_WEIGHT", 1.0),
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
-            "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", 0)),
+            "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", DEFAULT_EDIT_SUBSTITUTES)),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

@@ -42,6 +42,10 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     assert float(training.data.params["general_text_loss_weight"]) == settings.editor_general_text_weight
     assert float(training.data.params["locality_loss_weight"]) == settings.editor_locality_weight
     assert training.data.params["editor_solve_keys"] == "network"
+    fix_params = (
+        mlflow.MlflowClient(tracking_uri=settings.tracking_uri).get_run(first.mlflow_run_id).data.params
+    )
+    assert fix_params["edit_substitutes"] == "8"  # same-wording neighbours are on by default
 
     _flag(settings, *PROMPTS[1])
     # The second night also protects each edit's nearest known facts (a random model knows none of the
