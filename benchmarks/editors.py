@@ -165,7 +165,7 @@ def train_or_reuse(
     started = time.perf_counter()
     run = train_editor(
         loaded, train, held_out, directory, train_config=train_config, editor_config=editor_config,
-        protected=protected, on_metrics=_log_validation,
+        protected=protected, on_metrics=log_validation,
         general_texts=training_texts(data_dir, len(records)) if recipe.general_text_weight else (),
     )  # fmt: skip
     (directory / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=1))
@@ -175,7 +175,7 @@ def train_or_reuse(
             "wall_seconds": time.perf_counter() - started, "train_records": len(train), "recipe": asdict(recipe)}  # fmt: skip
 
 
-def _log_validation(step: int, metrics: dict[str, float]) -> None:
+def log_validation(step: int, metrics: dict[str, float]) -> None:
     if "val/score" in metrics:
         shown = {k.removeprefix("val/"): round(v, 3) for k, v in metrics.items() if "acc" in k or "score" in k
                  or "unchanged" in k}  # fmt: skip

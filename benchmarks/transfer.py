@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from benchmarks.editors import TRAIN_FILE, VAL_FILE, ZSRE_FILE, Recipe, protected_for
+from benchmarks.editors import TRAIN_FILE, VAL_FILE, ZSRE_FILE, Recipe, log_validation, protected_for
 from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import interval
+from editing.data.protected_sources import training_texts
 from editing.data.records import EditRecord, read_records
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,8 +115,11 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
     train_config, editor_config = recipe.configs(args.train_minutes, args.device)
     train_config = train_config.replace(training_mix=mix, same_subject_loss_weight=args.same_subject_weight)
     started = time.perf_counter()
+    # The recipe's general-text KL needs general texts, as the fix run's editor has (benchmarks.editors).
+    texts = training_texts(args.data_dir, len(records)) if recipe.general_text_weight else ()
     run = train_editor(loaded, train, held, directory, train_config=train_config, editor_config=editor_config,
-                       protected=protected_for(loaded, args.data_dir, args.work))  # fmt: skip
+                       protected=protected_for(loaded, args.data_dir, args.work), general_texts=texts,
+                       on_metrics=log_validation)  # fmt: skip
     best = next(v for v in run.summary["validations"] if v["step"] == run.summary["best_step"])
     return {"step": run.summary["step"], "steps_per_second": run.summary["steps_per_second"],
             "wall_seconds": time.perf_counter() - started, "train_records": len(train),

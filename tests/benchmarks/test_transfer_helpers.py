@@ -71,3 +71,21 @@ def test_report_shows_means_intervals_and_dashes_and_writes_a_heat_map(tmp_path)
 @pytest.mark.parametrize("mode", ["batch"])
 def test_heat_grid_of_a_missing_mode_is_empty(mode):
     assert heat_grid(_result()["rows"], "rewrite", mode) == ([], [], [])
+
+
+def test_an_editor_of_the_fix_run_recipe_trains_with_its_general_texts(tiny_llama, tmp_path):
+    """The recipe's general-text KL needs texts: train_mix once failed without them."""
+    from argparse import Namespace
+
+    from benchmarks.editors import TRAIN_FILE
+    from benchmarks.transfer import train_mix
+    from editing.data.records import read_records
+    from tests.paths import DATA_DIR
+
+    args = Namespace(data_dir=DATA_DIR, work=tmp_path, device="cpu", train_minutes=0.02, seed=0,
+                     generated_examples=10, locality_weight=10.0, same_subject_weight=1.0)  # fmt: skip
+    records = read_records(DATA_DIR / TRAIN_FILE, limit=120).records
+    summary = train_mix(tiny_llama, args, "counterfact", records, "tiny")
+    assert summary["step"] >= 1 and summary["train_records"] == 20
+    assert (tmp_path / "tiny" / "editor.json").is_file()
+    assert train_mix(tiny_llama, args, "counterfact", records, "tiny") == {"reused": str(tmp_path / "tiny")}
