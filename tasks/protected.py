@@ -105,10 +105,10 @@ def neighbour_bank_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequ
 def subject_pool_for(settings: FixSettings, loaded: LoadedModel, exclude: Sequence[str]) -> SubjectPool:
     """The base model's subject pool for same-wording neighbours (editing.mend.substitutes), cached per
     base model and subject list, less every subject that ``exclude`` (what this store's gate scores) names."""
-    digest = hashlib.sha256(json.dumps(candidate_subjects(settings.data_dir)).encode()).hexdigest()[:16]
-    directory = cache_dir() / "subjects" / f"{loaded.fingerprint[:16]}-{digest}"
     from tasks.progress import progress_callback
 
+    digest = hashlib.sha256(json.dumps(candidate_subjects(settings.data_dir)).encode()).hexdigest()[:16]
+    directory = cache_dir() / "subjects" / f"{loaded.fingerprint[:16]}-{digest}"
     report = progress_callback("embedding the subject pool", "subjects")
     pool = cached_subject_pool(
         directory, loaded.model, loaded.tokenizer, settings.data_dir, loaded.fingerprint, report

@@ -14,6 +14,7 @@ own parameters are never modified here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -21,6 +22,23 @@ import torch
 from torch import nn
 
 from editing.core.tokens import TokenBatch
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX): there, bf16 products
+    run 2-10x faster than float32 ones; elsewhere they are emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 products are worth using on ``device``."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
 
 
 @contextmanager

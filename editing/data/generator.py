@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from editing.core.confidence import ConfidentAnswers
+from editing.core.confidence import confident_answers
 from editing.core.generate import normalise_words
 from editing.data.edit_record import EditRecord, PromptAnswer
 from editing.data.locality import mentions
@@ -110,11 +110,6 @@ def collect_facts(
     (their relation has at least two distinct objects, so a counterfactual target exists)."""
     order = sorted(subjects)
     random.Random(config.seed).shuffle(order)
-    # Screened: only questions that can reach min_probability are decoded (editing.core.confidence).
-    ask = ConfidentAnswers(
-        model, tokenizer, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-        min_probability=config.min_probability,
-    )  # fmt: skip
     facts: list[Fact] = []
     objects: dict[str, set[str]] = defaultdict(set)
     counts: dict[str, int] = defaultdict(int)
@@ -130,7 +125,11 @@ def collect_facts(
                     info["excluded_as_scored"] += 1
                     continue
                 questions.append((subject, relation, prompt))
-        answers = ask([q[2] for q in questions])
+        # Screened: only questions that can reach min_probability are decoded (editing.core.confidence).
+        answers = confident_answers(
+            model, tokenizer, [q[2] for q in questions], max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size, min_probability=config.min_probability,
+        )  # fmt: skip
         info["subjects_asked"], info["prompts_asked"] = position, info["prompts_asked"] + len(questions)
         for (subject, relation, prompt), (answer, probability) in zip(questions, answers, strict=True):
             if probability < config.min_probability:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from editing.config import TrainConfig
-from editing.core.confidence import fast_bf16
+from editing.core.forward import fast_bf16
 from editing.core.prefix import PrefixCache
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, pad_token_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from editing.core.confidence import SCREEN_MARGIN, ConfidentAnswers, confident_answers
+from editing.core.confidence import SCREEN_MARGIN, confident_answers, first_token_probabilities
 
 PROMPTS = [
     f"{subject} {relation}"
@@ -19,9 +19,7 @@ def _plain(loaded) -> list[tuple[str, float]]:
 
 def test_the_screen_probability_is_the_first_decoded_token_s(tiny_model):
     plain = _plain(tiny_model)
-    screen = ConfidentAnswers(
-        tiny_model.model, tiny_model.tokenizer, max_new_tokens=3, batch_size=8, min_probability=0.5
-    ).first_token_probabilities(PROMPTS)
+    screen = first_token_probabilities(tiny_model.model, tiny_model.tokenizer, PROMPTS, batch_size=8)
     assert len(screen) == len(PROMPTS)
     for (_, decoded), screened in zip(plain, screen, strict=True):
         assert abs(decoded - screened) < SCREEN_MARGIN / 5
@@ -54,4 +52,4 @@ def test_without_a_threshold_every_prompt_is_decoded(tiny_llama):
     )
     assert len(answers) == 3 and all(0.0 < probability <= 1.0 for _, probability in answers)
     with pytest.raises(ValueError, match="batch_size"):
-        ConfidentAnswers(tiny_llama.model, tiny_llama.tokenizer, max_new_tokens=2, batch_size=0)
+        confident_answers(tiny_llama.model, tiny_llama.tokenizer, PROMPTS[:1], max_new_tokens=2, batch_size=0)
