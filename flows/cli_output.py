@@ -30,6 +30,18 @@ def _format(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def format_against(observed: Any, threshold: Any) -> tuple[str, str]:
+    """``observed`` and ``threshold`` with enough digits to tell them apart: a locality of 0.9496 against
+    0.95 reads "0.9496" / "0.9500", not a failed "0.950" beside a required "0.950"."""
+    if not (isinstance(observed, float) and isinstance(threshold, float)) or observed == threshold:
+        return _format(observed), _format(threshold)
+    for digits in range(3, 8):
+        shown = f"{observed:.{digits}f}", f"{threshold:.{digits}f}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown
+
+
 def print_edit_report(evaluation, *, title: str, max_rows: int = 20) -> None:
     """Per-record before/after predictions, then the aggregate metrics."""
     table = Table(title=title, show_lines=False)

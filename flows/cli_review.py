@@ -7,8 +7,13 @@ from typing import Any
 
 from rich.table import Table
 
-from flows.cli_output import _format, console
+from flows.cli_output import _format, console, format_against
 from tasks.progress import format_seconds
+
+
+def _shortfall(item: dict[str, Any]) -> str:
+    observed, threshold = format_against(item.get("observed"), item.get("threshold"))
+    return f"{item['name']} {observed} (needs {threshold})"
 
 
 def gate_table(expectations: list[dict[str, Any]], title: str) -> Table:
@@ -20,7 +25,7 @@ def gate_table(expectations: list[dict[str, Any]], title: str) -> Table:
         verdict = "pass" if item["passed"] else "[bold red]FAIL[/]"
         if not item.get("applicable", True):
             verdict = "n/a"
-        table.add_row(item["name"], verdict, _format(item.get("observed")), _format(item.get("threshold")))
+        table.add_row(item["name"], verdict, *format_against(item.get("observed"), item.get("threshold")))
     if len(checks) < len(expectations):
         table.caption = (
             f"and {len(expectations) - len(checks)} data checks of the evaluation table, all passed"
@@ -70,8 +75,7 @@ def print_gate_failed(outcome) -> None:
     """A failed gate is an outcome, not a crash: the verdict, what it means and what to do next."""
     failures = [item for item in outcome.gate if not item["passed"]]
     console.print(f"[bold red]The gate FAILED[/] on {len(failures)} expectation(s): "
-                  + "; ".join(f"{item['name']} {_format(item.get('observed'))} (needs {_format(item.get('threshold'))})"
-                              for item in failures))  # fmt: skip
+                  + "; ".join(_shortfall(item) for item in failures))  # fmt: skip
     console.print("Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate.",
                   soft_wrap=True)  # fmt: skip
     console.print("Next steps:")
@@ -126,9 +130,7 @@ def print_status(status: dict[str, Any]) -> None:
                       f"{verdict[run['gate_passed']]}")  # fmt: skip
         for item in run["gate"]:
             if not item["passed"]:
-                console.print(
-                    f"  failed: {item['name']} {_format(item.get('observed'))} (needs {_format(item.get('threshold'))})"
-                )
+                console.print(f"  failed: {_shortfall(item)}")
     flags = status["flags"]
     states = ", ".join(f"{name} {count}" for name, count in sorted(flags["by_state"].items())) or "none"
     console.print(f"flags by state: {states}")

@@ -117,7 +117,7 @@ def _edit_records(
     per_edit: int,
     same_subject: tuple[int, float] = (0, 0.3),  # probes per edit, minimum first-token probability
 ) -> list[EditRecord]:
-    from editing.data.equivalence_set import equivalence_prompts
+    from editing.data.equivalence_set import EquivalenceRequest, equivalence_prompt_sets
     from editing.data.locality import prompt_embeddings, select_locality
 
     edited = {normalize(flag.prompt) for flag in flags}
@@ -135,16 +135,16 @@ def _edit_records(
     # Locality of the second kind, reported apart by the gate (locality_same_subject).
     own_facts = _same_subject(flags, champion, usable, *same_subject)
     progress = Progress("checking paraphrases of the flagged prompts", len(flags), unit="flags")
-    records = []
-    for flag, neighbours, own in zip(flags, locality, own_facts, strict=True):
-        probes = [*neighbours, *own]
-        rephrases = equivalence_prompts(
-            flag.prompt, flag.paraphrases, flag.subject, model=model, tokenizer=tokenizer
-        )
-        records.append(EditRecord(record_id=flag.flag_id, prompt=flag.prompt, target_new=flag.correction,
-                                  subject=flag.subject, rephrase_prompts=tuple(rephrases), locality=tuple(probes)))  # fmt: skip
-        progress.update(len(records))
+    rephrases = equivalence_prompt_sets(
+        [EquivalenceRequest(flag.prompt, flag.paraphrases, flag.subject) for flag in flags],
+        model=model, tokenizer=tokenizer,
+    )  # fmt: skip
     progress.finish()
+    records = []
+    for flag, neighbours, own, equivalent in zip(flags, locality, own_facts, rephrases, strict=True):
+        records.append(EditRecord(record_id=flag.flag_id, prompt=flag.prompt, target_new=flag.correction,
+                                  subject=flag.subject, rephrase_prompts=tuple(equivalent),
+                                  locality=(*neighbours, *own)))  # fmt: skip
     return records
 
 

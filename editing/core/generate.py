@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from editing.core.forward import eval_mode
 from editing.core.tokens import pad_token_id
@@ -49,22 +50,54 @@ def _cut(text: str, stop_at_newline: bool) -> str:
     return text.strip()
 
 
+class _RowsDone(StoppingCriteria):
+    """Per row: it has its own ``limit`` of new tokens or (``stop_at_newline``) a line break after its
+    first non-blank text, where ``_cut`` cuts; decoding more of it is wasted work. Generation stops once
+    every row of the batch is done (few-shot paraphrases end their line after ~10 of 48 tokens)."""
+
+    def __init__(self, tokenizer, prompt_length: int, limits: Sequence[int], stop_at_newline: bool):
+        self.tokenizer, self.prompt_length, self.stop_at_newline = tokenizer, prompt_length, stop_at_newline
+        self.limits = torch.tensor(limits)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        done = (input_ids.shape[1] - self.prompt_length) >= self.limits  # (batch,)
+        if self.stop_at_newline:
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+            done |= torch.tensor(["\n" in text.lstrip() for text in texts])
+        return done.to(input_ids.device)
+
+
 @torch.no_grad()
-def _complete_batch(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+def _complete_batch(
+    model: nn.Module, tokenizer, prompts: Sequence[str], limits: Sequence[int], stop_at_newline: bool
+) -> list[str]:
+    """Each prompt's continuation of at most its own limit of new tokens, in one ``generate`` call."""
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     device = next(model.parameters()).device
     input_ids = encoded["input_ids"].to(device)  # (batch, seq), left-padded
     attention_mask = encoded["attention_mask"].to(device)
+    start = input_ids.shape[1]
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max(limits),
         do_sample=False,
         num_beams=1,
         pad_token_id=pad_token_id(tokenizer),
+        stopping_criteria=StoppingCriteriaList([_RowsDone(tokenizer, start, limits, stop_at_newline)]),
     )
-    # generate returns prompt + continuation; only the continuation is the completion.
-    return tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+    # generate returns prompt + continuation; only the continuation, up to the row's limit, is its own.
+    return [
+        tokenizer.decode(row[start : start + limit], skip_special_tokens=True)
+        for row, limit in zip(output, limits, strict=True)
+    ]
+
+
+def _limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != count or any(limit < 1 for limit in limits):
+        raise ValueError(f"max_new_tokens: one value >= 1 or one per prompt ({count}), got {max_new_tokens}")
+    return limits
 
 
 def greedy_complete(
@@ -72,31 +105,38 @@ def greedy_complete(
     tokenizer,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | Sequence[int] = 8,
     batch_size: int = 16,
     stop_at_newline: bool = True,
 ) -> list[str]:
     """Greedy continuation of each prompt, without the prompt, cut at the first newline and stripped.
 
-    Prompts are batched by token length so a batch holds little padding; the results come back in the
-    order of ``prompts``.
+    ``max_new_tokens`` is one limit for all or one per prompt. Prompts are batched by token length so a
+    batch holds little padding; the results come back in the order of ``prompts``.
     """
     _check_prompts(prompts)
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
+    limits = _limits(max_new_tokens, len(prompts))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
-    limit = context_length(model)
-    for index, length in enumerate(lengths):
-        if limit is not None and length + max_new_tokens > limit:
+    context = context_length(model)
+    for index, (length, limit) in enumerate(zip(lengths, limits, strict=True)):
+        if context is not None and length + limit > context:
             raise ValueError(
-                f"prompt {index}: {length} tokens + {max_new_tokens} new ones exceed the context of {limit}"
+                f"prompt {index}: {length} tokens + {limit} new ones exceed the context of {context}"
             )
     order = sorted(range(len(prompts)), key=lambda index: (lengths[index], index))
     completions: list[str] = [""] * len(prompts)
     with eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            texts = _complete_batch(model, tokenizer, [prompts[row] for row in rows], max_new_tokens)
+            texts = _complete_batch(
+                model,
+                tokenizer,
+                [prompts[row] for row in rows],
+                [limits[row] for row in rows],
+                stop_at_newline,
+            )
             for row, text in zip(rows, texts, strict=True):
                 completions[row] = _cut(text, stop_at_newline)
     LOGGER.debug("completed %d prompt(s) greedily", len(prompts))

@@ -307,19 +307,41 @@ def _fitting_prompts(model: nn.Module, tokenizer, core: str, variants: int, max_
 def model_paraphrases(
     model: nn.Module, tokenizer, prompt: str, subject: str | None = None, *, count: int = 2
 ) -> list[str]:
-    """Up to ``count`` paraphrases written by ``model`` (greedy, so deterministic) that pass the filter.
+    """Up to ``count`` paraphrases written by ``model`` (greedy, so deterministic) that pass the filter."""
+    return model_paraphrase_sets(model, tokenizer, [(prompt, subject, count)])[0]
+
+
+def model_paraphrase_sets(
+    model: nn.Module, tokenizer, requests: Sequence[tuple[str, str | None, int]]
+) -> list[list[str]]:
+    """Per ``(prompt, subject, count)``: up to ``count`` paraphrases written by ``model`` that pass the
+    filter, every request's few-shot prompts decoded in the same batches.
 
     Each of ``2 * count`` few-shot prompts starts from a different demonstration, so greedy decoding
     proposes several candidates; those that change the question are dropped by ``filter_paraphrases``.
     """
-    if count < 1:
-        return []
-    core, wrapper = split_prompt(prompt)
-    max_new_tokens = min(48, 2 * len(tokenizer(core)["input_ids"]) + 8)
-    few_shot = _fitting_prompts(model, tokenizer, core, 2 * count, max_new_tokens)
-    if not few_shot:
-        LOGGER.warning("prompt %r is too long for a few-shot paraphrase prompt; no model paraphrases", prompt)
-        return []
-    texts = greedy_complete(model, tokenizer, few_shot, max_new_tokens=max_new_tokens)
-    candidates = [wrapper.wrap(text) if wrapper else text for text in texts]
-    return filter_paraphrases(prompt, candidates, subject)[:count]
+    few_shot, limits, owner = [], [], []
+    for index, (prompt, _, count) in enumerate(requests):
+        if count < 1:
+            continue
+        core, _ = split_prompt(prompt)
+        max_new_tokens = min(48, 2 * len(tokenizer(core)["input_ids"]) + 8)
+        fitting = _fitting_prompts(model, tokenizer, core, 2 * count, max_new_tokens)
+        if not fitting:
+            LOGGER.warning(
+                "prompt %r is too long for a few-shot paraphrase prompt; no model paraphrases", prompt
+            )
+        few_shot += fitting
+        limits += [max_new_tokens] * len(fitting)
+        owner += [index] * len(fitting)
+    texts = (
+        greedy_complete(model, tokenizer, few_shot, max_new_tokens=limits, batch_size=32) if few_shot else []
+    )
+    candidates: list[list[str]] = [[] for _ in requests]
+    for index, text in zip(owner, texts, strict=True):
+        wrapper = split_prompt(requests[index][0])[1]
+        candidates[index].append(wrapper.wrap(text) if wrapper else text)
+    return [
+        filter_paraphrases(prompt, found, subject)[:count]
+        for (prompt, subject, count), found in zip(requests, candidates, strict=True)
+    ]

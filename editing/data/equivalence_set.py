@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
-from editing.data.equivalence import dedupe, model_paraphrases, same_prompt, template_paraphrases
-from editing.evaluation.answers import answered_alike
+from editing.core.generate import greedy_complete
+from editing.data.equivalence import dedupe, model_paraphrase_sets, same_prompt, template_paraphrases
+from editing.evaluation.answers import split_alike
 
 LOGGER = logging.getLogger(__name__)
+_ANSWER_TOKENS = 8  # as answered_alike: enough of an answer to compare its first clause
+
+
+@dataclass(frozen=True)
+class EquivalenceRequest:
+    """One flagged prompt: its own paraphrases (``given``) and its subject."""
+
+    prompt: str
+    given: Sequence[str] = ()
+    subject: str | None = None
 
 
 def equivalence_prompts(
@@ -29,29 +41,64 @@ def equivalence_prompts(
     max_total: int = 4,
 ) -> list[str]:
     """Up to ``max_total`` equivalence prompts: the flag's own, then templates, then the model's."""
+    request = EquivalenceRequest(prompt, given, subject)
+    return equivalence_prompt_sets([request], model=model, tokenizer=tokenizer, max_total=max_total)[0]
+
+
+def equivalence_prompt_sets(
+    requests: Sequence[EquivalenceRequest],
+    *,
+    model: nn.Module | None = None,
+    tokenizer=None,
+    max_total: int = 4,
+) -> list[list[str]]:
+    """``equivalence_prompts`` of many flags, each stage's model calls batched across all of them: one
+    flag at a time decodes a handful of rows per step, which on a CPU costs as much as decoding dozens."""
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer for model paraphrases, or neither")
+    own = [_own_paraphrases(request) for request in requests]
+    templates = [
+        dedupe(r.prompt, [*mine, *template_paraphrases(r.prompt, r.subject)])[len(mine) :]
+        for r, mine in zip(requests, own, strict=True)
+    ]
+    if model is None:
+        return [[*mine, *made][:max_total] for mine, made in zip(own, templates, strict=True)]
+    # The flagged prompts' own answers come with the first batch; later candidates are judged by them.
+    asked = [r.prompt for r in requests] + [candidate for made in templates for candidate in made]
+    answers = greedy_complete(model, tokenizer, asked, max_new_tokens=_ANSWER_TOKENS, batch_size=32)
+    references, template_answers = answers[: len(requests)], iter(answers[len(requests) :])
+    chosen = [
+        mine + _kept(r.prompt, reference, made, [next(template_answers) for _ in made])
+        for r, mine, made, reference in zip(requests, own, templates, references, strict=True)
+    ]
+    wanted = [
+        (r.prompt, r.subject, max_total - len(prompts)) for r, prompts in zip(requests, chosen, strict=True)
+    ]
+    generated = model_paraphrase_sets(model, tokenizer, wanted)
+    new = [dedupe(r.prompt, [*prompts, *made])[len(prompts) :] for r, prompts, made in zip(requests, chosen, generated, strict=True)]  # fmt: skip
+    flat = [candidate for made in new for candidate in made]
+    new_answers = iter(
+        greedy_complete(model, tokenizer, flat, max_new_tokens=_ANSWER_TOKENS, batch_size=32) if flat else []
+    )
+    return [
+        (prompts + _kept(r.prompt, reference, made, [next(new_answers) for _ in made]))[:max_total]
+        for r, prompts, made, reference in zip(requests, chosen, new, references, strict=True)
+    ]
+
+
+def _own_paraphrases(request: EquivalenceRequest) -> list[str]:
     own = []
-    for position, text in enumerate(given):
+    for position, text in enumerate(request.given):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"given paraphrase {position}: expected a non-empty string, got {text!r}")
-        if same_prompt(text, prompt):
+        if same_prompt(text, request.prompt):
             LOGGER.info("given paraphrase %d is the prompt itself; not used", position)
         own.append(text.strip())
-    own = dedupe(prompt, own)
-    templates = dedupe(prompt, [*own, *template_paraphrases(prompt, subject)])[len(own) :]
-    if model is None:
-        return [*own, *templates][:max_total]
-    prompts = own + _answered_alike(model, tokenizer, prompt, templates)
-    if len(prompts) < max_total:
-        generated = model_paraphrases(model, tokenizer, prompt, subject, count=max_total - len(prompts))
-        new = dedupe(prompt, [*prompts, *generated])[len(prompts) :]
-        prompts += _answered_alike(model, tokenizer, prompt, new)
-    return prompts[:max_total]
+    return dedupe(request.prompt, own)
 
 
-def _answered_alike(model: nn.Module, tokenizer, prompt: str, candidates: list[str]) -> list[str]:
-    kept, rejected = answered_alike(model, tokenizer, prompt, candidates)
+def _kept(prompt: str, reference: str, candidates: list[str], answers: list[str]) -> list[str]:
+    kept, rejected = split_alike(reference, candidates, answers)
     for candidate, reason in rejected:
         LOGGER.info("paraphrase %r of %r not used: %s", candidate, prompt, reason)
     return kept

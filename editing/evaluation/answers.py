@@ -45,8 +45,16 @@ def answered_alike(
     if not candidates:
         return [], []
     answers = greedy_complete(model, tokenizer, [prompt, *candidates], max_new_tokens=max_new_tokens)
-    reference, kept, rejected = answers[0], [], []
-    for candidate, answer in zip(candidates, answers[1:], strict=True):
+    return split_alike(answers[0], candidates, answers[1:])
+
+
+def split_alike(
+    reference: str, candidates: Sequence[str], answers: Sequence[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """``answered_alike`` once the answers are known: ``reference`` is the prompt's, ``answers`` the
+    candidates' (so many prompts' candidates can be answered in one batch)."""
+    kept, rejected = [], []
+    for candidate, answer in zip(candidates, answers, strict=True):
         if same_answer(answer, reference):
             kept.append(candidate)
         else:

@@ -11,8 +11,9 @@ from editing.data.equivalence import (
     split_prompt,
     template_paraphrases,
 )
-from editing.data.equivalence_set import equivalence_prompts
+from editing.data.equivalence_set import EquivalenceRequest, equivalence_prompt_sets, equivalence_prompts
 from editing.evaluation.answers import answered_alike
+from tests.editing.test_real_model import real_model
 
 
 @pytest.mark.parametrize(
@@ -171,3 +172,21 @@ def test_equivalence_refuses_half_a_model_and_blank_paraphrases(tiny_llama):
         equivalence_prompts("Hamlet was written by", model=tiny_llama.model)
     with pytest.raises(ValueError, match="given paraphrase 1"):
         equivalence_prompts("Hamlet was written by", ["The author of Hamlet is", "  "])
+
+
+@pytest.mark.real_model
+def test_many_flags_at_once_get_the_paraphrases_each_gets_alone():
+    """Batching the model calls across flags is only a speed-up: every flag keeps its own set."""
+    loaded = real_model()
+    requests = [
+        EquivalenceRequest("The capital of Australia is", ("The capital city of Australia is",), "Australia"),
+        EquivalenceRequest("Dynamite was invented by", (), "dynamite"),
+        EquivalenceRequest("Q: Who wrote War and Peace?\nA:", (), "War and Peace"),
+    ]
+    together = equivalence_prompt_sets(requests, model=loaded.model, tokenizer=loaded.tokenizer)
+    alone = [
+        equivalence_prompts(r.prompt, r.given, r.subject, model=loaded.model, tokenizer=loaded.tokenizer)
+        for r in requests
+    ]
+    assert together == alone
+    assert len(together[0]) > 1  # the model's own wording joins the flag's (checked: it answers alike)

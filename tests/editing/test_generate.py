@@ -90,3 +90,24 @@ def test_real_model_answers_capital_of_france():
     )
     assert "Paris" in qa, qa
     assert answer_matches(completion, "Paris"), completion
+
+
+@pytest.mark.real_model
+def test_decoding_stops_once_every_line_has_ended_and_gives_the_same_completions():
+    """Stopping at the line break saves the forward passes after it and changes no completion."""
+    loaded = real_model()
+    prompts = ["The capital of Italy is Rome.\nThe capital of Spain is", "Q: Who wrote Hamlet?\nA:"]
+    calls = []
+    handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cut = greedy_complete(loaded.model, loaded.tokenizer, prompts, max_new_tokens=40)
+        stopped_after = len(calls)
+        calls.clear()
+        whole = greedy_complete(
+            loaded.model, loaded.tokenizer, prompts, max_new_tokens=40, stop_at_newline=False
+        )
+    finally:
+        handle.remove()
+    assert cut == [text.split("\n", 1)[0].strip() for text in whole]
+    assert any("\n" in text for text in whole)  # the prompts do run past their first line
+    assert stopped_after < len(calls) == 40
