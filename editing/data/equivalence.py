@@ -337,10 +337,10 @@ def model_paraphrase_sets(
     texts = (
         greedy_complete(model, tokenizer, few_shot, max_new_tokens=limits, batch_size=32) if few_shot else []
     )
+    wrappers = [split_prompt(prompt)[1] for prompt, _, _ in requests]
     candidates: list[list[str]] = [[] for _ in requests]
     for index, text in zip(owner, texts, strict=True):
-        wrapper = split_prompt(requests[index][0])[1]
-        candidates[index].append(wrapper.wrap(text) if wrapper else text)
+        candidates[index].append(wrappers[index].wrap(text) if wrappers[index] else text)
     return [
         filter_paraphrases(prompt, found, subject)[:count]
         for (prompt, subject, count), found in zip(requests, candidates, strict=True)

@@ -64,26 +64,33 @@ def equivalence_prompt_sets(
     if model is None:
         return [[*mine, *made][:max_total] for mine, made in zip(own, templates, strict=True)]
     # The flagged prompts' own answers come with the first batch; later candidates are judged by them.
-    asked = [r.prompt for r in requests] + [candidate for made in templates for candidate in made]
-    answers = greedy_complete(model, tokenizer, asked, max_new_tokens=_ANSWER_TOKENS, batch_size=32)
-    references, template_answers = answers[: len(requests)], iter(answers[len(requests) :])
+    references, template_answers = _answers(model, tokenizer, templates, leading=[r.prompt for r in requests])
     chosen = [
-        mine + _kept(r.prompt, reference, made, [next(template_answers) for _ in made])
-        for r, mine, made, reference in zip(requests, own, templates, references, strict=True)
-    ]
+        mine + _kept(r.prompt, reference, made, answers)
+        for r, mine, made, reference, answers in zip(requests, own, templates, references, template_answers, strict=True)
+    ]  # fmt: skip
     wanted = [
         (r.prompt, r.subject, max_total - len(prompts)) for r, prompts in zip(requests, chosen, strict=True)
     ]
     generated = model_paraphrase_sets(model, tokenizer, wanted)
     new = [dedupe(r.prompt, [*prompts, *made])[len(prompts) :] for r, prompts, made in zip(requests, chosen, generated, strict=True)]  # fmt: skip
-    flat = [candidate for made in new for candidate in made]
-    new_answers = iter(
+    _, new_answers = _answers(model, tokenizer, new)
+    return [
+        (prompts + _kept(r.prompt, reference, made, answers))[:max_total]
+        for r, prompts, made, reference, answers in zip(requests, chosen, new, references, new_answers, strict=True)
+    ]  # fmt: skip
+
+
+def _answers(
+    model: nn.Module, tokenizer, candidates: list[list[str]], leading: Sequence[str] = ()
+) -> tuple[list[str], list[list[str]]]:
+    """The model's answers to ``leading`` and to every list of ``candidates``, all in one greedy call."""
+    flat = [*leading, *(candidate for made in candidates for candidate in made)]
+    answers = (
         greedy_complete(model, tokenizer, flat, max_new_tokens=_ANSWER_TOKENS, batch_size=32) if flat else []
     )
-    return [
-        (prompts + _kept(r.prompt, reference, made, [next(new_answers) for _ in made]))[:max_total]
-        for r, prompts, made, reference in zip(requests, chosen, new, references, strict=True)
-    ]
+    rest = iter(answers[len(leading) :])
+    return answers[: len(leading)], [[next(rest) for _ in made] for made in candidates]
 
 
 def _own_paraphrases(request: EquivalenceRequest) -> list[str]:
