@@ -225,6 +225,10 @@ class TrainConfig(_Serializable):
     # All edits of a batch in one forward pass as low-rank updates (editing.mend.lowrank); False applies
     # each edit with functional_call on W + delta instead (the reference: same result, slower).
     batched_edits: bool = True
+    # The post-edit pass runs sequences of similar length together (editing.core.tokens.length_chunks):
+    # prompts, paraphrases and general text differ in length several times over. False pads the pass to
+    # its longest sequence (same result, slower; the reference).
+    length_chunking: bool = True
     log_every: int = 20
 
     def __post_init__(self) -> None:

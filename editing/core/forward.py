@@ -15,13 +15,13 @@ own parameters are never modified here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
 
-from editing.core.tokens import TokenBatch
+from editing.core.tokens import TokenBatch, call_cost_tokens, collate, length_chunks
 
 
 @functools.cache
@@ -169,3 +169,35 @@ def scored_logits(
     ``(blocks_path, first_block, hidden)`` from ``compute_prefix`` on the same batch.
     """
     return model.get_output_embeddings()(scored_hidden(model, batch, weights=weights, prefix=prefix))
+
+
+def scored_hidden_by_length(
+    model: nn.Module,
+    sequences: Sequence[tuple[Sequence[int], int]],
+    pad_id: int,
+    *,
+    prefix_for: Callable[[TokenBatch], tuple[str, int, torch.Tensor] | None] = lambda _batch: None,
+    context_for: Callable[[list[int]], AbstractContextManager] = lambda _rows: nullcontext(),
+    call_cost: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``scored_hidden`` of ``collate(sequences)``, computed in sub-batches of similar length.
+
+    Returns (scored, hidden) states, (scored,) target ids and (scored,) sequence index, in the order the
+    padded batch would give (by sequence, then position), so callers cannot tell the difference except
+    by the time saved. ``context_for(rows)`` is entered around each sub-batch's pass (per-sequence
+    low-rank edits, say, for the sequences ``rows``); ``prefix_for`` gives a sub-batch's frozen prefix;
+    ``call_cost`` plans the sub-batches (``length_chunks``; default: the device's).
+    """
+    device = next(model.parameters()).device
+    call_cost = call_cost_tokens(device) if call_cost is None else call_cost
+    hidden, targets, owners = [], [], []
+    for rows in length_chunks([len(ids) for ids, _ in sequences], call_cost):
+        batch = collate([sequences[row] for row in rows], pad_id).to(device)
+        with context_for(rows):
+            hidden.append(scored_hidden(model, batch, prefix=prefix_for(batch)))  # (chunk scored, hidden)
+        targets.append(batch.scored_targets)
+        owners.append(torch.as_tensor(rows, device=device)[batch.scored_example])
+    owner = torch.cat(owners)
+    # Stable: a sequence's positions come out of its sub-batch in order and stay in order.
+    order = torch.argsort(owner, stable=True)
+    return torch.cat(hidden)[order], torch.cat(targets)[order], owner[order]

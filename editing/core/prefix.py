@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from editing.core.forward import compute_prefix
-from editing.core.tokens import TokenBatch, collate
+from editing.core.tokens import TokenBatch, call_cost_tokens, collate, length_chunks
 
 
 class PrefixCache:
@@ -40,10 +40,14 @@ class PrefixCache:
         if not missing:
             return
         device = next(self.model.parameters()).device
-        batch = collate([(list(key), len(key)) for key in missing], self.pad_id).to(device)
-        hidden = compute_prefix(self.model, self.blocks_path, self.first_block, batch)  # (n, seq, hidden)
-        for row, key in enumerate(missing):
-            self._hidden[key] = hidden[row, : len(key)].clone()
+        # Sequences of similar length together: a prompt padded to a paragraph's length costs as much as
+        # the paragraph, through every frozen block.
+        for chunk in length_chunks([len(key) for key in missing], call_cost_tokens(device)):
+            keys = [missing[row] for row in chunk]
+            batch = collate([(list(key), len(key)) for key in keys], self.pad_id).to(device)
+            hidden = compute_prefix(self.model, self.blocks_path, self.first_block, batch)  # (n, seq, hidden)
+            for row, key in enumerate(keys):
+                self._hidden[key] = hidden[row, : len(key)].clone()
 
     def prefix(self, batch: TokenBatch) -> tuple[str, int, torch.Tensor]:
         """``(blocks_path, first_block, hidden (batch, seq, hidden))`` for ``scored_logits(prefix=...)``."""
@@ -55,8 +59,6 @@ class PrefixCache:
             hidden[row, : len(key)] = self._hidden[key]
         return self.blocks_path, self.first_block, hidden
 
-    def warm(self, sequences: Sequence[Sequence[int]], batch_size: int = 64) -> None:
-        """Precompute many sequences ahead of training, ``batch_size`` at a time."""
-        keys = [tuple(ids) for ids in sequences]
-        for start in range(0, len(keys), batch_size):
-            self._fill(keys[start : start + batch_size])
+    def warm(self, sequences: Sequence[Sequence[int]]) -> None:
+        """Precompute many sequences ahead of training (batched by length, ``_fill``)."""
+        self._fill([tuple(ids) for ids in sequences])

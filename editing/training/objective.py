@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from editing.core.apply import named_parameters
-from editing.core.forward import scored_hidden
+from editing.core.forward import scored_hidden, scored_hidden_by_length
 from editing.core.losses import per_example_mean, token_kl, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, collate
@@ -28,6 +28,7 @@ from editing.mend.editor_net import MendNetwork
 from editing.mend.lowrank import group_factors, group_weights, low_rank_edits
 
 PrefixFn = Callable[[TokenBatch], "tuple[str, int, torch.Tensor] | None"]
+ONE_PADDED_BATCH = 10**12  # a call cost that no padding outweighs: every pass is one padded batch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class EditGroup:
         if not self.examples or not 1 <= self.scored <= len(self.examples):
             raise ValueError(f"a group of {len(self.examples)} edits cannot score {self.scored}")
 
+    def sequences(self) -> list[list[int]]:
+        """The token ids the objective runs: every member's edit prompt, and all of a scored member's."""
+        scored = [ids for example in self.examples[: self.scored] for ids in example.sequences()]
+        return scored + [example.edit[0] for example in self.examples[self.scored :]]
+
 
 def consecutive_groups(examples: Sequence[TrainingExample], size: int) -> list[EditGroup]:
     """Consecutive examples in groups of ``size`` (the last may be smaller), every example scored."""
@@ -79,6 +85,7 @@ def editing_objective(
     batched: bool = True,
     edit_loss_on_prompt: bool = False,
     protection: Protection | None = None,
+    length_chunking: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over scored examples of ``weights.edit * NLL(target | rephrase) + weights.locality * KL(pre ||
     post)`` (plus ``weights.general * KL`` on general text and ``weights.same_subject * KL`` on another
@@ -90,8 +97,12 @@ def editing_objective(
     otherwise each example gets its own ``functional_call`` with ``W + delta`` (the reference; same result,
     slower). ``edit_loss_on_prompt`` adds the edit prompt itself to the equivalence inputs of the edit
     loss (the paper's neighbourhood N(x_e) contains x_e; see TrainConfig). ``protection`` holds each
-    weight's protected basis and mean eigenvalue, for least-squares aggregation.
+    weight's protected basis and mean eigenvalue, for least-squares aggregation. ``length_chunking`` runs
+    the post-edit pass in sub-batches of similar length (same result; False pads it to its longest
+    sequence). The capture pass stays one padded batch: split, it would project onto the vocabulary once
+    per sub-batch, and that projection (memory-bound at a few rows) costs more than the padding saved.
     """
+    call_cost = None if length_chunking else ONE_PADDED_BATCH
     with_rewrite = with_rewrite or edit_loss_on_prompt
     device = next(model.parameters()).device
     members = [example for group in groups for example in group.examples]
@@ -118,8 +129,14 @@ def editing_objective(
 
     # Each group is applied on its own, but the vocabulary projection (the costliest layer of a small
     # model, and memory-bound at a few rows) runs once for all scored examples' positions.
-    post_pass = _batched_post_pass if batched else _per_example_post_pass
-    hidden, role, owner, target = post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite)
+    if batched:
+        hidden, role, owner, target = _batched_post_pass(
+            model, network, factors, scored, pad_id, prefix_for, with_rewrite, call_cost
+        )
+    else:
+        hidden, role, owner, target = _per_example_post_pass(
+            model, network, factors, scored, pad_id, prefix_for, with_rewrite
+        )
     logits = model.get_output_embeddings()(hidden)  # (scored, vocab)
 
     rephrase, locality, general = role == REPHRASE, role == LOCALITY, role == GENERAL
@@ -186,18 +203,25 @@ def _post_sequences(scored: Sequence[tuple[int, TrainingExample]], with_rewrite:
     return sequences, owners, groups, roles
 
 
-def _batched_post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite):
+def _batched_post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite, call_cost):
     sequences, owners, groups, roles = _post_sequences(scored, with_rewrite)
     device = next(model.parameters()).device
-    batch = collate(sequences, pad_id).to(device)
     sequence_group = torch.tensor(groups, device=device)
-    updates = {name: (left[sequence_group], right[sequence_group]) for name, (left, right) in factors.items()}
-    with low_rank_edits(model, network.layers, updates):
-        hidden = scored_hidden(model, batch, prefix=prefix_for(batch))  # (scored, hidden)
-    position_sequence = batch.scored_example
+
+    def edits_of(rows: list[int]):
+        """Each sequence of a sub-batch under its own group's update."""
+        chosen = sequence_group[torch.as_tensor(rows, device=device)]
+        updates = {name: (left[chosen], right[chosen]) for name, (left, right) in factors.items()}
+        return low_rank_edits(model, network.layers, updates)
+
+    # Prompts and general text differ in length several times over: sub-batches of similar length
+    # spare the padding (same positions, same order as one padded batch).
+    hidden, target, position_sequence = scored_hidden_by_length(
+        model, sequences, pad_id, prefix_for=prefix_for, context_for=edits_of, call_cost=call_cost
+    )  # (scored, hidden), (scored,), (scored,)
     role = torch.tensor(roles, device=device)[position_sequence]
     owner = torch.tensor(owners, device=device)[position_sequence]
-    return hidden, role, owner, batch.scored_targets
+    return hidden, role, owner, target
 
 
 def _per_example_post_pass(model, network, factors, scored, pad_id, prefix_for, with_rewrite):

@@ -31,6 +31,7 @@ from editing.training.objective import EditGroup, LossWeights, consecutive_group
 
 LOGGER = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
+WARM_AHEAD_STEPS = 50  # steps whose frozen prefixes are computed together
 
 
 def success_score(metrics: dict[str, float], prefix: str = "") -> float:
@@ -134,15 +135,27 @@ class EditorTrainer:
         """Which of a step's ``batch_shards`` sampler draws this process computes (all of them here)."""
         return range(self.config.batch_shards)
 
-    def _next_groups(self) -> list[EditGroup]:
-        first = self.state.step * self.config.batch_shards
+    def _groups_of(self, step: int) -> list[EditGroup]:
+        """The groups of optimizer step ``step`` (a pure function of the seed and the step)."""
+        first = step * self.config.batch_shards
         groups = [group for draw in self._draws() for group in self.sampler.groups(first + draw)]
-        if self.state.step % self.config.general_text_every == 0:
+        if step % self.config.general_text_every == 0:
             return groups
         return [  # general text rides along on every n-th step only
             EditGroup(tuple(replace(e, general=None) for e in group.examples), group.scored)
             for group in groups
         ]
+
+    def _next_groups(self) -> list[EditGroup]:
+        step = self.state.step
+        if self.config.prefix_cache and step % WARM_AHEAD_STEPS == 0:
+            # The frozen prefixes of the next steps' sequences in one pass, batched by length: filled a
+            # step at a time, a few dozen sequences of mixed lengths make small, padded batches.
+            upcoming = range(step, step + WARM_AHEAD_STEPS)
+            self.cache.warm(
+                [ids for later in upcoming for g in self._groups_of(later) for ids in g.sequences()]
+            )
+        return self._groups_of(step)
 
     def objective(self, groups: Sequence[EditGroup], *, with_rewrite: bool = False):
         with self._autocast():
@@ -150,7 +163,7 @@ class EditorTrainer:
                 self.model, self.scope, self.network, groups, pad_id=self.pad_id,
                 prefix_for=self._prefix_for, weights=self.weights, with_rewrite=with_rewrite,
                 batched=self.config.batched_edits, edit_loss_on_prompt=self.config.edit_loss_on_prompt,
-                protection=self.protection,
+                protection=self.protection, length_chunking=self.config.length_chunking,
             )  # fmt: skip
 
     def _step_loss(self, groups: Sequence[EditGroup]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -68,7 +68,9 @@ def test_the_same_subject_term_has_its_own_weight_and_is_zero_without_an_edit(ti
     ignored, _ = _loss(tiny_llama, examples, weight=0.0, step_size=1.0)
     assert ignored == pytest.approx(without, rel=1e-5)  # extra sequences do not shift the other terms
     _, unedited = _loss(tiny_llama, examples, weight=1.0, step_size=0.0)
-    assert unedited["same_subject_kl"] == pytest.approx(0.0, abs=1e-8)
+    # Zero up to float32 rounding: the pre- and post-edit passes batch the probe with different
+    # neighbours (the post-edit pass by length), so their products round differently.
+    assert unedited["same_subject_kl"] == pytest.approx(0.0, abs=1e-6)
     assert unedited["same_subject_unchanged"] == 1.0
     weighted, edited = _loss(tiny_llama, examples, weight=2.0, step_size=1.0)
     assert edited["same_subject_kl"] > 1e-6

@@ -15,7 +15,7 @@ from editing.mend.editor import MendEditor
 from editing.mend.editor_net import MendNetwork
 from editing.training.checkpoint import load_editor, load_trainer_state, save_editor
 from editing.training.objective import EditGroup, consecutive_groups
-from editing.training.trainer import EditorTrainer
+from editing.training.trainer import WARM_AHEAD_STEPS, EditorTrainer
 from tests.paths import DATA_DIR
 from tests.tiny import tiny_protected
 
@@ -200,3 +200,22 @@ def test_non_finite_step_is_skipped_and_leaves_the_editor_unchanged(tiny_llama, 
     assert trainer.state.skipped_steps == 1
     after = trainer.network.state_dict()
     assert all(torch.equal(tensor, after[name]) for name, tensor in before.items())
+
+
+def test_the_coming_steps_prefixes_are_computed_together_and_only_what_they_run(tiny_llama, records):
+    trainer = _trainer(tiny_llama, records, group_sizes=(1, 4), batch_size=2)
+    trainer.train_step()
+    # Unscored members of a group contribute their edit prompt only.
+    group = EditGroup(tuple(trainer.train_examples[:3]), 1)
+    first = trainer.train_examples[0]
+    assert group.sequences() == [*first.sequences(), *(e.edit[0] for e in trainer.train_examples[1:3])]
+    coming = {
+        tuple(ids)
+        for step in range(WARM_AHEAD_STEPS)
+        for g in trainer._groups_of(step)
+        for ids in g.sequences()
+    }
+    assert len(trainer.cache) == trainer.cache.misses == len(coming)
+    for _ in range(3):
+        trainer.train_step()
+    assert trainer.cache.misses == len(coming)  # the next steps found every prefix computed
