@@ -23,12 +23,14 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.editors import RECIPES, TRAIN_FILE, protected_for
+from benchmarks.train_speed_report import write_report
 from editing.core.forward import fast_bf16
 from editing.core.models import load_model
 from editing.core.targets import resolve_scope
@@ -143,6 +145,17 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def _commit() -> str | None:
+    """The checkout's commit, so that a before/after pair says what it compared."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -150,9 +163,34 @@ def main() -> None:
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--records", type=int, default=None, help="fewer training records (quick profile)")
-    parser.add_argument("--compare-chunking", type=int, default=0, metavar="STEPS",
-                        help="also time STEPS steps' objective with and without length chunking, alternated")  # fmt: skip
+    parser.add_argument(
+        "--compare-chunking",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also time STEPS steps' objective with and without length chunking, alternated",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="TAG",
+        help="a saved run (train-speed-TAG.json) to show beside this one in the report",
+    )
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the saved JSON")  # fmt: skip
     arguments = parser.parse_args()
+    path = RESULTS / f"train-speed-{arguments.tag}.json"
+    if not arguments.report_only:
+        measure(arguments, path)
+    baseline = (
+        [json.loads((RESULTS / f"train-speed-{arguments.baseline}.json").read_text())]
+        if arguments.baseline
+        else []
+    )
+    write_report([*baseline, json.loads(path.read_text())], RESULTS, arguments.tag)
+
+
+def measure(arguments: argparse.Namespace, path: Path) -> None:
+    """Time the steps (and profile them, when asked) and save the result to ``path``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
@@ -164,6 +202,7 @@ def main() -> None:
     LOGGER.info("%d steps in %.0f s", len(rows), sum(row["seconds"] for row in rows))
     result = {
         "tag": arguments.tag,
+        "commit": _commit(),
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
@@ -171,12 +210,12 @@ def main() -> None:
         },
         "prefix_cache_entries": len(trainer.cache),
         **summarise(rows),
+        "total_seconds": sum(row["seconds"] for row in rows),
         "rows": rows,
     }
     if arguments.compare_chunking:
         result["length_chunking"] = paired_chunking(trainer, arguments.compare_chunking)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"train-speed-{arguments.tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     if arguments.profile:

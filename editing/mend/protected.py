@@ -208,12 +208,16 @@ def collect_protected_keys(
         raise ProtectedKeysError(f"fact_share must be in [0, 1], got {fact_share}")
     report = on_progress or (lambda *_: None)
     work = len(texts) + len(facts)
+    # Batched in order of length (the moments are sums, so order does not matter): a prompt padded to a
+    # paragraph's length costs as much as the paragraph.
+    texts = sorted(texts, key=len)
+    facts = sorted(facts, key=lambda fact: len(fact.prompt) + len(fact.answer))
     with eval_mode(model):
         text = _text_moments(
-            model, tokenizer, scope, list(texts), max_text_tokens, batch_size, lambda done: report(done, work)
+            model, tokenizer, scope, texts, max_text_tokens, batch_size, lambda done: report(done, work)
         )
         fact, right = _fact_moments(
-            model, tokenizer, scope, list(facts), batch_size, lambda done: report(len(texts) + done, work)
+            model, tokenizer, scope, facts, batch_size, lambda done: report(len(texts) + done, work)
         )
     if not text.tokens and not fact.tokens:
         raise ProtectedKeysError(f"none of {len(facts)} facts is answered right and there is no text")

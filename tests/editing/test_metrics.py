@@ -104,3 +104,17 @@ def test_mean_or_none():
     assert mean_or_none([True, False, False, False]) == pytest.approx(0.25)
     assert mean_or_none([None, None]) is None
     assert mean_or_none([]) is None
+
+
+def test_rates_are_exact_shares_in_float64():
+    # 23 of 24 positions is 23/24, not float32's 0.95833331: a gate's mean of such rates that equals its
+    # threshold exactly must not read a few 1e-9 under it.
+    before = torch.arange(24)
+    after = before.clone()
+    after[5] = -1
+    one_example = torch.zeros(24, dtype=torch.long)
+    unchanged = unchanged_fraction(before, after, one_example, 1)
+    assert unchanged.dtype == torch.float64 and float(unchanged[0]) == 23 / 24
+    logits = torch.nn.functional.one_hot(after.clamp(min=0), 24).float()
+    accuracy = token_accuracy(logits, before, one_example, 1)
+    assert accuracy.dtype == torch.float64 and float(accuracy[0]) == 23 / 24

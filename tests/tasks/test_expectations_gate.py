@@ -250,3 +250,23 @@ def test_same_subject_locality_is_its_own_expectation_and_not_applicable_without
     result = run_gate(table, summary, THRESHOLDS)
     assert outcome(result, "min_locality_unchanged").passed
     assert outcome(result, "min_locality_same_subject").reason.startswith("mean locality_same_subject")
+
+
+def test_a_mean_locality_of_exactly_the_threshold_passes():
+    # A fix run's neighbour locality: 24 probes per edit, 19/20 unchanged on average. Read as float32
+    # rates, the mean was 0.9499999970 and the gate failed ">= 0.95"; the rates are float64 now.
+    unchanged = [24, 23, 23, 22, 24, 24, 23, 22, 24, 23, 24, 21, 18, 22, 21, 24, 23, 23, 24, 24]
+    table = pd.DataFrame(
+        {
+            "record_id": [f"r{index}" for index in range(20)],
+            "edit_success": [1.0] * 20,
+            "paraphrase_success": [1.0] * 20,
+            "locality_unchanged": [count / 24 for count in unchanged],
+            "locality_kl": [0.01] * 20,
+            "locality_same_subject": [1.0] * 20,
+        }
+    )
+    result = run_gate(table, GOOD_SUMMARY, THRESHOLDS)
+    assert result.passed, result.failures
+    as_float32 = table.assign(locality_unchanged=table["locality_unchanged"].astype("float32").astype(float))
+    assert failed_names(run_gate(as_float32, GOOD_SUMMARY, THRESHOLDS)) == ["min_locality_unchanged"]
