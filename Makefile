@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver \
-	bench-neighbours bench-transfer bench-generator clean services-up services-down run-services
+	bench-neighbours bench-transfer bench-generator bench-train-speed clean services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,13 @@ NEIGHBOUR_GRID ?= 1x1,1x1x0x1x8,1x1x0x4x8,1x1x0x1x16,1x1x0x16x16
 bench-neighbours: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag neighbours-$(or $(TAG),cpu) --same-relation --batch-sizes 16 \
 		--grid $(NEIGHBOUR_GRID)
+
+# The editor recipe's training throughput (benchmarks/train_speed.py): its first 100 steps from a cold
+# prefix cache, and the post-edit pass by length against one padded batch on 32 steps, alternated.
+# A before/after pair: run it on both checkouts with their own TAG, then BASELINE=<older tag>.
+bench-train-speed: model
+	$(BIN)/python -m benchmarks.train_speed --tag $(or $(TAG),cpu) --steps 100 --compare-chunking 32 \
+		$(if $(BASELINE),--baseline $(BASELINE))
 
 # Does the editor transfer to other data sets and to relations it never saw (benchmarks/transfer.py)?
 # A CPU configuration: three editors of 10 minutes (CounterFact, CounterFact + 2,000 generated records,

@@ -56,7 +56,8 @@ def _first_known(*values):
 
 def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, str]]:
     """Every locality prompt whose greedy answer changed: prompt, before, after, and the edit it sat beside."""
-    from editing.core.generate import answer_matches, greedy_complete
+    from editing.core.generate import greedy_complete
+    from editing.evaluation.answers import answer_changed
 
     probes = [(record.record_id, probe) for record in records for probe in record.locality]
     prompts = [probe.prompt for _, probe in probes]
@@ -67,7 +68,7 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
     return [
         {"edit": edit_id, "prompt": probe.prompt, "kind": probe.kind, "before": old, "after": new}
         for (edit_id, probe), old, new in zip(probes, before, after, strict=True)
-        if not (answer_matches(new, old) and answer_matches(old, new))
+        if answer_changed(old, new)
     ]
 
 

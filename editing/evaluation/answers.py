@@ -36,6 +36,15 @@ def same_answer(first: str, second: str) -> bool:
     return answer_matches(first, second) and answer_matches(second, first)
 
 
+def answer_changed(before: str, after: str) -> bool:
+    """Whether a greedy answer changed under an edit: its words differ either way (text after the answer
+    counts, unlike ``same_answer``). A completion without words (":", "...") is a real answer too, and
+    is compared by its text."""
+    if not normalise_words(before) or not normalise_words(after):
+        return before.strip() != after.strip()
+    return not (answer_matches(after, before) and answer_matches(before, after))
+
+
 def answered_alike(
     model: nn.Module, tokenizer, prompt: str, candidates: Sequence[str], *, max_new_tokens: int = 8
 ) -> tuple[list[str], list[tuple[str, str]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import editing.evaluation.answers
-from editing.evaluation.answers import answered_alike, first_clause, same_answer
+from editing.evaluation.answers import answer_changed, answered_alike, first_clause, same_answer
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,13 @@ def test_answered_alike_keeps_wordings_answered_like_the_prompt(monkeypatch):
     assert [candidate for candidate, _ in rejected] == list(answers)[2:]
     assert "answered 'Melbourne'" in rejected[1][1] and "the prompt 'Sydney'" in rejected[1][1]
     assert answered_alike(None, None, "The capital of Australia is", []) == ([], [])
+
+
+def test_a_changed_answer_is_told_by_its_words_or_by_its_text_when_it_has_none():
+    assert not answer_changed("Spanish.", "spanish")
+    assert answer_changed("Spanish, and English", "Spanish")  # what follows counts here
+    assert answer_changed("Jupiter", "Mercury")
+    # A night-two locality probe answered ":" before the edit (answer_matches refuses a wordless answer).
+    assert not answer_changed(":", " :")
+    assert answer_changed(":", "Paris")
+    assert answer_changed("Paris", "...")
