@@ -119,10 +119,10 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
     return collate([(tokenizer(text)["input_ids"], 1) for text in texts], pad_token_id(tokenizer))
 
 
-# A call's fixed overhead in token positions (``length_chunks``): on 2 CPU cores a forward pass through
-# SmolLM2's blocks costs about 65 ms per call plus 1.3 ms per position, both in proportion to the number
-# of blocks, so the ratio holds for any slice of the model. On a GPU a position costs almost nothing
-# next to a call, and small batches are best left whole.
+# A call's fixed overhead in token positions (``length_chunks``). A one-off timing of SmolLM2's prefix
+# pass on 2 CPU cores put a call's overhead at about 48 positions' worth; both costs grow with the number
+# of blocks, so the ratio holds for any slice of the model. On a GPU a position costs almost nothing next
+# to a call, and small batches are best left whole.
 CPU_CALL_COST_TOKENS = 48
 GPU_CALL_COST_TOKENS = 4096
 
