@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.editors import RECIPES, TRAIN_FILE, protected_for
+from benchmarks.run import add_common_arguments, configure_logging
 from benchmarks.train_speed_report import write_report
 from editing.core.forward import fast_bf16
 from editing.core.models import load_model
@@ -41,16 +41,17 @@ from editing.training.run import _encode, split_records
 from editing.training.trainer import EditorTrainer
 
 LOGGER = logging.getLogger(__name__)
-RESULTS = Path(__file__).parent / "results"
 
 
-def build_trainer(loaded, data_dir: Path, work: Path, records: int | None = None) -> EditorTrainer:
+def build_trainer(
+    loaded, data_dir: Path, work: Path, device: str, records: int | None = None
+) -> EditorTrainer:
     """The trainer the fix run builds (tasks/editor.py), with the benchmark recipe's settings (and fewer
     training records when ``records`` says so, for a quick profile). Its prefix cache starts empty."""
     recipe = RECIPES["mend-ls"]
     records = read_records(data_dir / TRAIN_FILE, limit=records or recipe.train_records).records
     train, held_out = split_records(records, recipe.val_records, seed=0)
-    train_config, editor_config = recipe.configs(minutes=10.0, device="cpu")
+    train_config, editor_config = recipe.configs(minutes=10.0, device=device)
     protected = protected_for(loaded, data_dir, work)
     scope = resolve_scope(loaded.model)
     torch.manual_seed(train_config.seed)
@@ -84,8 +85,7 @@ def paired_chunking(trainer: EditorTrainer, steps: int) -> dict:
     seconds: dict[bool, list[float]] = {True: [], False: []}
     config = trainer.config
     for step in range(steps):
-        trainer.state.step = step
-        groups = trainer._next_groups()
+        groups = trainer._groups_of(step)  # steps already run: their prefixes are in the cache
         for chunking in (True, False) if step % 2 else (False, True):
             trainer.config = config.replace(length_chunking=chunking)
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--profile", action="store_true", help="also profile 8 more steps' operators")
     parser.add_argument("--tag", default="cpu")
+    add_common_arguments(parser)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--records", type=int, default=None, help="fewer training records (quick profile)")
     parser.add_argument(
@@ -178,26 +179,24 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the saved JSON")  # fmt: skip
     arguments = parser.parse_args()
-    path = RESULTS / f"train-speed-{arguments.tag}.json"
+    path = arguments.out / f"train-speed-{arguments.tag}.json"
     if not arguments.report_only:
         measure(arguments, path)
     baseline = (
-        [json.loads((RESULTS / f"train-speed-{arguments.baseline}.json").read_text())]
+        [json.loads((arguments.out / f"train-speed-{arguments.baseline}.json").read_text())]
         if arguments.baseline
         else []
     )
-    write_report([*baseline, json.loads(path.read_text())], RESULTS, arguments.tag)
+    write_report([*baseline, json.loads(path.read_text())], arguments.out, arguments.tag)
 
 
 def measure(arguments: argparse.Namespace, path: Path) -> None:
     """Time the steps (and profile them, when asked) and save the result to ``path``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_logging()
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
-    data_dir = Path(os.environ.get("MEND_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
-    work = Path(__file__).parent / "work"
-    loaded = load_model("default", device="cpu")
-    trainer = build_trainer(loaded, data_dir, work, arguments.records)
+    loaded = load_model("default", device=arguments.device)
+    trainer = build_trainer(loaded, arguments.data_dir, arguments.work, arguments.device, arguments.records)
     rows = time_steps(trainer, arguments.steps)
     LOGGER.info("%d steps in %.0f s", len(rows), sum(row["seconds"] for row in rows))
     result = {
@@ -215,12 +214,12 @@ def measure(arguments: argparse.Namespace, path: Path) -> None:
     }
     if arguments.compare_chunking:
         result["length_chunking"] = paired_chunking(trainer, arguments.compare_chunking)
-    RESULTS.mkdir(exist_ok=True)
+    arguments.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     if arguments.profile:
         shares, table = profile_steps(trainer, 8, top=25)
-        (RESULTS / f"train-speed-{arguments.tag}-profile.txt").write_text(table)
+        (arguments.out / f"train-speed-{arguments.tag}-profile.txt").write_text(table)
         result["profile_seconds_over_8_steps"] = shares
         path.write_text(json.dumps(result, indent=1))
         print(table)

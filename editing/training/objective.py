@@ -28,7 +28,9 @@ from editing.mend.editor_net import MendNetwork
 from editing.mend.lowrank import group_factors, group_weights, low_rank_edits
 
 PrefixFn = Callable[[TokenBatch], "tuple[str, int, torch.Tensor] | None"]
-ONE_PADDED_BATCH = 10**12  # a call cost that no padding outweighs: every pass is one padded batch
+# A call cost that no padding outweighs: a pass of up to ``length_chunks``' row limit (256 sequences,
+# several times a training step's) is one padded batch.
+ONE_PADDED_BATCH = 10**12
 
 
 @dataclass(frozen=True)
