@@ -11,7 +11,7 @@ from flows.cli_output import _format, console, format_against
 from tasks.progress import format_seconds
 
 
-def _shortfall(item: dict[str, Any]) -> str:
+def shortfall(item: dict[str, Any]) -> str:
     observed, threshold = format_against(item.get("observed"), item.get("threshold"))
     return f"{item['name']} {observed} (needs {threshold})"
 
@@ -75,7 +75,7 @@ def print_gate_failed(outcome) -> None:
     """A failed gate is an outcome, not a crash: the verdict, what it means and what to do next."""
     failures = [item for item in outcome.gate if not item["passed"]]
     console.print(f"[bold red]The gate FAILED[/] on {len(failures)} expectation(s): "
-                  + "; ".join(_shortfall(item) for item in failures))  # fmt: skip
+                  + "; ".join(shortfall(item) for item in failures))  # fmt: skip
     console.print("Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate.",
                   soft_wrap=True)  # fmt: skip
     console.print("Next steps:")
@@ -130,7 +130,7 @@ def print_status(status: dict[str, Any]) -> None:
                       f"{verdict[run['gate_passed']]}")  # fmt: skip
         for item in run["gate"]:
             if not item["passed"]:
-                console.print(f"  failed: {_shortfall(item)}")
+                console.print(f"  failed: {shortfall(item)}")
     flags = status["flags"]
     states = ", ".join(f"{name} {count}" for name, count in sorted(flags["by_state"].items())) or "none"
     console.print(f"flags by state: {states}")

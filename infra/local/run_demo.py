@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -20,6 +21,15 @@ from pathlib import Path
 from infra.local.stack import CLIENT_ENV, state_dir_from_env
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+GATE_OUTCOMES = "gate/gate_outcomes.json"
+SHOWN_METRICS = (
+    "rewrite_acc",
+    "rephrase_acc",
+    "locality_neighbour",
+    "locality_same_subject",
+    "locality_unchanged",
+)
+EXIT_GATE_FAILED = 3  # as ``mend demo``: an expected outcome whose verdict was printed
 TRIGGERED_DEPLOYMENT = "on-flags"
 
 
@@ -87,21 +97,54 @@ def wait_for_runs(deployment: str, since: datetime, timeout_s: float, settle_s: 
 
 
 def fix_outcome(settings, flow_run_id: str) -> dict:
-    """The MLflow run a fix flow run opened (tag ``mend.run_id``) and the version it registered."""
+    """The MLflow run a fix flow run opened (tag ``mend.run_id``), its evaluation, the gate's outcomes
+    (``gate/gate_outcomes.json``, None when the run stopped before the gate) and the version it registered."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["mend-fix"], filter_string=f"tags.`mend.run_id` = '{flow_run_id}'",
                               output_format="list")  # fmt: skip
     if not runs:
-        return {"mlflow_run_id": None, "candidate_version": None}
+        return {"mlflow_run_id": None, "candidate_version": None, "gate": None}
     run = runs[0]
     versions = client.search_model_versions(
         f"name = '{settings.registered_model}' and run_id = '{run.info.run_id}'"
     )
-    metrics = {k: round(v, 3) for k, v in run.data.metrics.items() if "/" not in k}
+    metrics = {name.removeprefix("eval/"): round(value, 3) for name, value in run.data.metrics.items()
+               if name.removeprefix("eval/") in SHOWN_METRICS}  # fmt: skip
     return {"mlflow_run_id": run.info.run_id, "status": run.info.status, "metrics": metrics,
+            "gate": _gate_outcomes(client, run.info.run_id),
             "candidate_version": versions[0].version if versions else None}  # fmt: skip
+
+
+def _gate_outcomes(client, mlflow_run_id: str) -> dict | None:
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            path = client.download_artifacts(mlflow_run_id, GATE_OUTCOMES, directory)
+        except (MlflowException, OSError):  # no gate artifact: the run stopped before its gate
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def gate_verdict(outcomes: dict | None) -> str:
+    """One line for the gate: passed, failed with each shortfall, or never reached."""
+    from flows.cli_review import shortfall
+
+    if outcomes is None:
+        return "gate: no verdict recorded (the run stopped before its gate: see .mend/stack/logs/worker.log)"
+    if outcomes["passed"]:
+        return "gate PASSED: the candidate waits for approval (mend review, then mend promote)"
+    failures = [item for item in outcomes["expectations"] if not item["passed"]]
+    return (
+        f"gate FAILED on {len(failures)} expectation(s): {'; '.join(shortfall(item) for item in failures)}. "
+        "An outcome, not a crash: nothing was registered and the flags are marked failed_gate; "
+        "read the run's review/review.html in MLflow, or retry them with other settings "
+        "(MEND_RETRY_FAILED_GATE=true mend fix, with .mend/stack/client.env loaded)"
+    )
 
 
 def main(arguments: list[str] | None = None) -> int:
@@ -132,13 +175,16 @@ def main(arguments: list[str] | None = None) -> int:
     finished = wait_for_runs(
         TRIGGERED_DEPLOYMENT, since, options.timeout_minutes * 60, options.settle_seconds
     )
+    gate_failed = False
     for run in sorted(finished,
                       key=lambda r: r.expected_start_time):  # fmt: skip
         outcome = fix_outcome(settings, str(run.id))
         print(f"flow run {run.name} ({run.id}): {run.state_type.value}; MLflow run {outcome['mlflow_run_id']}"
               f" at {settings.tracking_uri}; candidate version {outcome['candidate_version']}; "
               f"metrics {outcome.get('metrics', {})}")  # fmt: skip
-    return 0
+        print(f"  {gate_verdict(outcome['gate'])}")
+        gate_failed |= outcome["gate"] is not None and not outcome["gate"]["passed"]
+    return EXIT_GATE_FAILED if gate_failed else 0
 
 
 if __name__ == "__main__":

@@ -60,3 +60,27 @@ def test_an_invalid_request_names_its_field(tmp_path):
         EvaluationSpec(str(COUNTERFACT_VAL), chunk_size=0)
     with pytest.raises(EvaluationSpecError, match=r"data: .*missing.json is not a file"):
         EvaluationSpec(str(tmp_path / "missing.json"))
+
+
+def test_mend_eval_with_workers_prints_and_writes_the_sequential_rows(tiny_base_dir, tmp_path):
+    """The command line's way in (``mend eval --workers 2``) gives what ``mend eval`` gives in one process."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner, outputs = CliRunner(), {}
+    for workers in (1, 2):
+        out = tmp_path / f"eval-{workers}.json"
+        result = runner.invoke(app, ["eval", "--data", str(COUNTERFACT_VAL), "--model", str(tiny_base_dir),
+                                     "--editor", "ft", "--limit", "20", "--offset", "5", "--workers", str(workers),
+                                     "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "ft: 20 single edits from counterfact-val.json" in result.output
+        outputs[workers] = json.loads(out.read_text())
+    record_ids = {
+        workers: [row["record_id"] for row in output["rows"]] for workers, output in outputs.items()
+    }
+    assert record_ids[2] == record_ids[1] and len(record_ids[1]) == 20
+    _assert_same_rows(outputs[2]["rows"], outputs[1]["rows"])
