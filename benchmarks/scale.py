@@ -212,7 +212,7 @@ def run_editor(bench: Bench, args, name: str, records_by_set: dict[str, list[Edi
     loaded, rows = bench.loaded, []
     counterfact = records_by_set["counterfact"]
     if name.startswith("mend"):
-        aggregation = "sum" if name == "mend-sum" else "least_squares"
+        aggregation = RECIPES[name].aggregation
         editor = build_editor("mend", loaded, editor_path=args.work / name)
         for data_set, records in records_by_set.items():
             edit = lambda batch: editor.edit(loaded.model, loaded.tokenizer, batch)  # noqa: E731

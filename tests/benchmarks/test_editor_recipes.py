@@ -21,6 +21,15 @@ def test_the_benchmark_recipe_trains_with_the_fix_runs_loss_weights():
     assert RECIPES["mend-ls"].group_sizes == settings.group_sizes()
 
 
+def test_every_recipe_makes_valid_configs_and_the_wide_one_differs_only_in_its_groups():
+    for recipe in RECIPES.values():
+        train, editor = recipe.configs(minutes=1.0, device="cpu")  # validated on construction
+        assert editor.aggregation == recipe.aggregation and train.group_sizes == recipe.group_sizes
+    narrow, wide = RECIPES["mend-ls"].__dict__, RECIPES["mend-ls-wide"].__dict__
+    assert {key for key in narrow if narrow[key] != wide[key]} == {"name", "group_sizes"}
+    assert max(RECIPES["mend-ls-wide"].group_sizes) == 256
+
+
 def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
     recipe = RECIPES["mend-ls"]
     with pytest.raises(RecipeMismatch, match="no recorded recipe"):
