@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -28,6 +29,8 @@ def test_every_recipe_makes_valid_configs_and_the_wide_one_differs_only_in_its_g
     narrow, wide = RECIPES["mend-ls"].__dict__, RECIPES["mend-ls-wide"].__dict__
     assert {key for key in narrow if narrow[key] != wide[key]} == {"name", "group_sizes"}
     assert max(RECIPES["mend-ls-wide"].group_sizes) == 256
+    short, _ = RECIPES["mend-ls-457"].configs(minutes=10.0, device="cpu")
+    assert short.max_steps == 457 and short.group_sizes == RECIPES["mend-ls"].group_sizes
 
 
 def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
@@ -40,6 +43,12 @@ def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
         check_recipe(tmp_path, recipe)
     (tmp_path / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(recipe.__dict__))))
     check_recipe(tmp_path, recipe)  # the same recipe is reused
+    # Recorded before a field existed: the field's default is what it trained with.
+    older = {k: v for k, v in json.loads(json.dumps(recipe.__dict__)).items() if k != "max_steps"}
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(older))
+    check_recipe(tmp_path, recipe)
+    with pytest.raises(RecipeMismatch, match="max_steps"):
+        check_recipe(tmp_path, dataclasses.replace(recipe, max_steps=457))
 
 
 @pytest.mark.skipif(not (DATA_DIR / GATE_TEXTS).is_file(), reason="needs ../shared/data")
