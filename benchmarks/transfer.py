@@ -28,16 +28,26 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
-from benchmarks.editors import TRAIN_FILE, VAL_FILE, ZSRE_FILE, Recipe, log_validation, protected_for
+from benchmarks.editors import (
+    TRAIN_FILE,
+    VAL_FILE,
+    ZSRE_FILE,
+    Recipe,
+    check_recipe,
+    log_validation,
+    protected_for,
+    record_recipe,
+)
 from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import interval
 from editing.data.protected_sources import training_texts
 from editing.data.records import EditRecord, read_records
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+NO_STEP_LIMIT = Recipe.max_steps  # the recipe's default: the time budget alone stops training
 LOGGER = logging.getLogger("benchmarks.transfer")
 KNOWEDIT_FILE = "knowedit_zsre/ZsRE-test-all.json"
 HELD_OUT = "counterfact-held-out"
@@ -90,6 +100,11 @@ def with_same_subject(loaded, records: Sequence[EditRecord], per_edit: int) -> l
     return [replace(r, locality=(*r.locality, *extra)) for r, extra in zip(records, probes, strict=True)]
 
 
+def editor_name(mix: str, args: argparse.Namespace) -> str:
+    """``transfer-<mix>``, plus the step limit where one is set: equal-step editors are kept apart."""
+    return f"transfer-{mix}" + (f"-{args.max_steps}-steps" if args.max_steps != NO_STEP_LIMIT else "")
+
+
 def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) -> dict[str, Any]:
     """Train (or reuse ``work/<name>``) the fix run's MEND recipe on ``mix``; its training summary."""
     from editing.data.generator import GeneratorConfig
@@ -98,9 +113,16 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
     from editing.training.run import split_records, train_editor
 
     directory = args.work / name
+    recipe = Recipe(name, locality_weight=args.locality_weight, max_steps=args.max_steps,
+                    train_minutes=args.train_minutes)  # fmt: skip
+    # Besides the recipe, what this benchmark trains with: an editor from other settings is not reused.
+    settings = {"training_mix": mix, "same_subject_weight": args.same_subject_weight,
+                "generated_examples": args.generated_examples, "seed": args.seed,
+                "counterfact_records": len(counterfact)}  # fmt: skip
     if (directory / "editor.json").is_file():
+        check_recipe(directory, recipe, **settings)
         load_editor(directory, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
-        return {"reused": str(directory)}
+        return {"reused": str(directory), "recipe": {**asdict(recipe), **settings}}
     generator = GeneratorConfig(examples=args.generated_examples, seed=args.seed)
     records, generation = training_records(
         loaded,
@@ -111,7 +133,6 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
         generator=generator,
     )
     train, held = split_records(records, 100, seed=0)
-    recipe = Recipe(name, locality_weight=args.locality_weight)
     train_config, editor_config = recipe.configs(args.train_minutes, args.device)
     train_config = train_config.replace(training_mix=mix, same_subject_loss_weight=args.same_subject_weight)
     started = time.perf_counter()
@@ -120,10 +141,12 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
     run = train_editor(loaded, train, held, directory, train_config=train_config, editor_config=editor_config,
                        protected=protected_for(loaded, args.data_dir, args.work), general_texts=texts,
                        on_metrics=log_validation)  # fmt: skip
+    record_recipe(directory, recipe, **settings)
     best = next(v for v in run.summary["validations"] if v["step"] == run.summary["best_step"])
     return {"step": run.summary["step"], "steps_per_second": run.summary["steps_per_second"],
             "wall_seconds": time.perf_counter() - started, "train_records": len(train),
-            "generation": generation, "best_validation": best}  # fmt: skip
+            "generation": generation, "best_validation": best,
+            "recipe": {**asdict(recipe), **settings}}  # fmt: skip
 
 
 def evaluate_cells(
@@ -189,6 +212,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         "CounterFact's relations ('' for none)")  # fmt: skip
     parser.add_argument("--held-out-fraction", type=float, default=0.2)
     parser.add_argument("--train-minutes", type=float, default=60.0, help="budget per editor")
+    parser.add_argument("--max-steps", type=int, default=NO_STEP_LIMIT, help="step limit per editor: mixes "
+                        "compared at equal steps rather than equal minutes")  # fmt: skip
     parser.add_argument(
         "--train-records", type=int, default=1_000, help="CounterFact train records per editor"
     )
@@ -215,14 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     eval_sets = _eval_sets(loaded, args)
     rows, training, started = [], {}, time.perf_counter()
     for mix in filter(None, args.mixes.split(",")):
-        name = f"transfer-{mix}"
+        name = editor_name(mix, args)
         training[name] = train_mix(loaded, args, mix, counterfact, name)
         editor = build_editor("mend", loaded, editor_path=args.work / name)
         rows += evaluate_cells(loaded, editor, mix, eval_sets, args)
     held_relations: list[str] = []
     for mix in filter(None, args.leave_relations_out.split(",")):
         kept_train, held_val, held_relations = _held_out_sets(loaded, args)
-        name = f"transfer-{mix}-without-held-out-relations"
+        name = editor_name(f"{mix}-without-held-out-relations", args)
         training[name] = train_mix(loaded, args, mix, kept_train, name)
         editor = build_editor("mend", loaded, editor_path=args.work / name)
         rows += evaluate_cells(

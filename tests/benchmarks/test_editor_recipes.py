@@ -31,6 +31,10 @@ def test_every_recipe_makes_valid_configs_and_the_wide_one_differs_only_in_its_g
     assert max(RECIPES["mend-ls-wide"].group_sizes) == 256
     short, _ = RECIPES["mend-ls-457"].configs(minutes=10.0, device="cpu")
     assert short.max_steps == 457 and short.group_sizes == RECIPES["mend-ls"].group_sizes
+    hour, _ = RECIPES["mend-ls-wide-60"].configs(minutes=10.0, device="cpu")  # its own budget wins
+    assert hour.max_minutes == 60 and short.max_minutes == 10
+    wide_hour = RECIPES["mend-ls-wide-60"].__dict__
+    assert {key for key in wide if wide[key] != wide_hour[key]} == {"name", "train_minutes"}
 
 
 def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
@@ -49,6 +53,8 @@ def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):
     check_recipe(tmp_path, recipe)
     with pytest.raises(RecipeMismatch, match="max_steps"):
         check_recipe(tmp_path, dataclasses.replace(recipe, max_steps=457))
+    with pytest.raises(RecipeMismatch, match="train_minutes"):  # a 10-minute editor is not an hour's
+        check_recipe(tmp_path, dataclasses.replace(recipe, train_minutes=60.0))
 
 
 @pytest.mark.skipif(not (DATA_DIR / GATE_TEXTS).is_file(), reason="needs ../shared/data")

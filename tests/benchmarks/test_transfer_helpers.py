@@ -74,18 +74,37 @@ def test_heat_grid_of_a_missing_mode_is_empty(mode):
 
 
 def test_an_editor_of_the_fix_run_recipe_trains_with_its_general_texts(tiny_llama, tmp_path):
-    """The recipe's general-text KL needs texts: train_mix once failed without them."""
+    """The recipe's general-text KL needs texts: train_mix once failed without them. An editor is reused
+    only for the settings it was trained with."""
     from argparse import Namespace
 
-    from benchmarks.editors import TRAIN_FILE
+    import pytest
+
+    from benchmarks.editors import TRAIN_FILE, RecipeMismatch
     from benchmarks.transfer import train_mix
     from editing.data.records import read_records
     from tests.paths import DATA_DIR
 
-    args = Namespace(data_dir=DATA_DIR, work=tmp_path, device="cpu", train_minutes=0.02, seed=0,
+    args = Namespace(data_dir=DATA_DIR, work=tmp_path, device="cpu", train_minutes=5.0, max_steps=2, seed=0,
                      generated_examples=10, locality_weight=10.0, same_subject_weight=1.0)  # fmt: skip
     records = read_records(DATA_DIR / TRAIN_FILE, limit=120).records
     summary = train_mix(tiny_llama, args, "counterfact", records, "tiny")
-    assert summary["step"] >= 1 and summary["train_records"] == 20
+    assert summary["step"] == 2 and summary["train_records"] == 20
+    assert summary["recipe"]["max_steps"] == 2 and summary["recipe"]["training_mix"] == "counterfact"
     assert (tmp_path / "tiny" / "editor.json").is_file()
-    assert train_mix(tiny_llama, args, "counterfact", records, "tiny") == {"reused": str(tmp_path / "tiny")}
+    reused = train_mix(tiny_llama, args, "counterfact", records, "tiny")
+    assert reused == {"reused": str(tmp_path / "tiny"), "recipe": summary["recipe"]}
+    with pytest.raises(RecipeMismatch, match="max_steps"):  # a 2-step editor is not a 3-step one
+        train_mix(tiny_llama, Namespace(**{**vars(args), "max_steps": 3}), "counterfact", records, "tiny")
+    with pytest.raises(RecipeMismatch, match="same_subject_weight"):
+        train_mix(tiny_llama, Namespace(**{**vars(args), "same_subject_weight": 0.0}), "counterfact",
+                  records, "tiny")  # fmt: skip
+
+
+def test_equal_step_editors_are_kept_apart_from_time_budgeted_ones():
+    from argparse import Namespace
+
+    from benchmarks.transfer import NO_STEP_LIMIT, editor_name
+
+    assert editor_name("counterfact", Namespace(max_steps=NO_STEP_LIMIT)) == "transfer-counterfact"
+    assert editor_name("counterfact", Namespace(max_steps=540)) == "transfer-counterfact-540-steps"
