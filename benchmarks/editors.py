@@ -32,7 +32,7 @@ from editing.data.records import read_records
 from editing.mend.neighbours import BANK_FILE, NeighbourBank, build_neighbour_bank
 from editing.mend.protected import PROTECTED_FILE, ProtectedKeys, collect_protected_keys
 from editing.mend.substitutes import SubjectPool, cached_subject_pool
-from editing.training.checkpoint import load_editor
+from editing.training.checkpoint import STATE_JSON, load_editor
 from editing.training.run import split_records, train_editor
 
 LOGGER = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def train_or_reuse(
         check_recipe(directory, recipe)
         load_editor(directory, base_fingerprint=loaded.fingerprint)  # refuses another model's editor
         LOGGER.info("reusing the editor in %s", directory)
-        return {"reused": str(directory), "recipe": asdict(recipe)}
+        return {"reused": str(directory), **recorded_training(directory), "recipe": asdict(recipe)}
     records = read_records(data_dir / TRAIN_FILE, limit=recipe.train_records).records
     train, held_out = split_records(records, recipe.val_records, seed=0)
     train_config, editor_config = recipe.configs(minutes, device)
@@ -194,10 +194,23 @@ def train_or_reuse(
         general_texts=training_texts(data_dir, len(records)) if recipe.general_text_weight else (),
     )  # fmt: skip
     record_recipe(directory, recipe)
-    summary = {key: run.summary[key] for key in ("step", "best_step", "stop_reason", "elapsed_seconds")}
-    best = next(v for v in run.summary["validations"] if v["step"] == run.summary["best_step"])
-    return {**summary, "steps_per_second": run.summary["steps_per_second"], "best_validation": best,
-            "wall_seconds": time.perf_counter() - started, "train_records": len(train), "recipe": asdict(recipe)}  # fmt: skip
+    return {**training_summary(run.summary), "wall_seconds": time.perf_counter() - started,
+            "train_records": len(train), "recipe": asdict(recipe)}  # fmt: skip
+
+
+def training_summary(trainer: dict[str, Any]) -> dict[str, Any]:
+    """Steps, stop reason, the kept validation and every validation's score (how steady training was)."""
+    summary = {key: trainer[key] for key in ("step", "best_step", "stop_reason", "elapsed_seconds")}
+    best = next(v for v in trainer["validations"] if v["step"] == trainer["best_step"])
+    return {**summary, "steps_per_second": trainer["step"] / max(trainer["elapsed_seconds"], 1e-9),
+            "best_validation": best,
+            "validation_scores": [[v["step"], v["score"]] for v in trainer["validations"]]}  # fmt: skip
+
+
+def recorded_training(directory: Path) -> dict[str, Any]:
+    """``training_summary`` of a kept editor, from the trainer state saved beside it (empty if none)."""
+    path = directory / STATE_JSON  # the trainer's own record: steps, stop reason, validations
+    return training_summary(json.loads(path.read_text())["trainer"]) if path.is_file() else {}
 
 
 def log_validation(step: int, metrics: dict[str, float]) -> None:

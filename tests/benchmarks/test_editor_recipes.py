@@ -64,3 +64,17 @@ def test_general_training_texts_never_include_the_gates_perplexity_texts():
     texts = training_texts(DATA_DIR, 500)
     gate = {normalise(text) for text in read_texts(DATA_DIR / GATE_TEXTS)}
     assert len(texts) == 500 and not gate & {normalise(text) for text in texts}
+
+
+def test_a_reused_editor_reports_the_training_it_recorded(tmp_path):
+    from benchmarks.editors import recorded_training
+    from editing.training.checkpoint import STATE_JSON
+
+    assert recorded_training(tmp_path) == {}  # nothing recorded: nothing claimed
+    validations = [{"step": 0, "score": 0.36}, {"step": 200, "score": 0.5}, {"step": 400, "score": 0.45}]
+    trainer = {"step": 400, "best_step": 200, "stop_reason": "max_minutes", "elapsed_seconds": 800.0,
+               "validations": validations}  # fmt: skip
+    (tmp_path / STATE_JSON).write_text(json.dumps({"trainer": trainer, "param_groups": []}))
+    summary = recorded_training(tmp_path)
+    assert summary["best_validation"] == {"step": 200, "score": 0.5} and summary["steps_per_second"] == 0.5
+    assert summary["validation_scores"] == [[0, 0.36], [200, 0.5], [400, 0.45]]
