@@ -64,6 +64,8 @@ class Recipe:
     # The recipe's own CPU budget in minutes, overriding the command's --train-minutes (None: the command's),
     # so an editor given the full hour is named and recorded apart from a 10-minute one.
     train_minutes: float | None = None
+    # The learning-rate schedule (editing.training.schedule): "cosine" decays to a tenth over the budget.
+    lr_schedule: str = "constant"
 
     def configs(self, minutes: float, device: str) -> tuple[TrainConfig, EditorConfig]:
         train = TrainConfig(
@@ -71,7 +73,7 @@ class Recipe:
             val_records=self.val_records, group_sizes=self.group_sizes, same_relation_fraction=self.same_relation,
             locality_loss_weight=self.locality_weight, general_text_loss_weight=self.general_text_weight,
             general_text_every=self.general_text_every,
-            device=device, editor_lr=RECIPE_EDITOR_LR,
+            device=device, editor_lr=RECIPE_EDITOR_LR, lr_schedule=self.lr_schedule,
         )  # fmt: skip
         # The fix run's recipe, so the benchmark measures the editor users get.
         return train, EditorConfig(aggregation=self.aggregation, **RECIPE_EDITOR_SETTINGS)
@@ -88,6 +90,8 @@ RECIPES = {
     "mend-ls-457": Recipe("mend-ls-457", max_steps=457),
     # The wide editor with the hour the targets allow (editor trained <= 60 min on 2 CPU cores).
     "mend-ls-wide-60": Recipe("mend-ls-wide-60", group_sizes=(1, 4, 16, 64, 256), train_minutes=60.0),
+    # `mend-ls` with its learning rates decayed (cosine, to a tenth) over the same 10 minutes.
+    "mend-ls-cosine": Recipe("mend-ls-cosine", lr_schedule="cosine"),
     # The earlier benchmark's editor: single edits, the paper's aggregation and loss weights.
     "mend-single": Recipe(
         "mend-single",

@@ -71,7 +71,7 @@ def train_and_register(settings: FixSettings) -> tuple[str, dict[str, Any]]:
         same_relation_fraction=settings.editor_same_relation, editor_lr=RECIPE_EDITOR_LR,
         locality_loss_weight=settings.editor_locality_weight,
         general_text_loss_weight=settings.editor_general_text_weight,
-        general_text_every=settings.editor_general_text_every,
+        general_text_every=settings.editor_general_text_every, lr_schedule=settings.editor_lr_schedule,
     )  # fmt: skip
     editor_config = EditorConfig(aggregation=settings.editor_aggregation, **RECIPE_EDITOR_SETTINGS)
     protected = None

@@ -13,11 +13,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
-from editing.config import RECIPE_GENERAL_TEXT_EVERY, RECIPE_GENERAL_TEXT_WEIGHT, RECIPE_LOCALITY_WEIGHT
+from editing.config import (
+    RECIPE_GENERAL_TEXT_EVERY,
+    RECIPE_GENERAL_TEXT_WEIGHT,
+    RECIPE_LOCALITY_WEIGHT,
+    RECIPE_LR_SCHEDULE,
+)
 from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
 AGGREGATIONS = ("least_squares", "sum")
+LR_SCHEDULES = ("constant", "cosine")
 # Same-wording neighbours per edit at edit time (see FixSettings.edit_substitutes).
 DEFAULT_EDIT_SUBSTITUTES = 8
 
@@ -55,6 +61,7 @@ class FixSettings:
     editor_locality_weight: float
     editor_general_text_weight: float
     editor_general_text_every: int  # the general-text term on every k-th step only (it costs a forward pass)
+    editor_lr_schedule: str  # constant | cosine (TrainConfig.lr_schedule): cosine decays over the budget
     # Edit-time scaling of the editor's learned ridge and protection (benchmarks/solver_sweep.py).
     edit_ridge_multiplier: float
     edit_protect_multiplier: float
@@ -112,6 +119,10 @@ class FixSettings:
                      "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.editor_lr_schedule not in LR_SCHEDULES:
+            raise SettingsError(
+                f"editor_lr_schedule {self.editor_lr_schedule!r} (MEND_EDITOR_LR_SCHEDULE): one of {LR_SCHEDULES}"
+            )
         if self.editor_aggregation not in AGGREGATIONS:
             raise SettingsError(
                 f"editor_aggregation {self.editor_aggregation!r} (MEND_EDITOR_AGGREGATION): one of {AGGREGATIONS}"
@@ -148,6 +159,7 @@ class FixSettings:
             "editor_general_text_every": int(
                 _number("MEND_EDITOR_GENERAL_TEXT_EVERY", RECIPE_GENERAL_TEXT_EVERY)
             ),
+            "editor_lr_schedule": environ.get("MEND_EDITOR_LR_SCHEDULE", RECIPE_LR_SCHEDULE),
             "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
             "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
             "edit_neighbours": int(_number("MEND_EDIT_NEIGHBOURS", 0)),

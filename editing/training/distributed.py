@@ -160,6 +160,12 @@ class DistributedEditorTrainer(EditorTrainer):
         dist.broadcast_object_list(decision, src=0)  # the first process's clock decides for all
         return bool(decision[0])
 
+    def _progress(self) -> float:
+        # Every replica must step at the same learning rate, or their networks drift apart.
+        progress = [super()._progress()]
+        dist.broadcast_object_list(progress, src=0)
+        return float(progress[0])
+
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

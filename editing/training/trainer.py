@@ -28,6 +28,7 @@ from editing.mend.editor_net import MendNetwork
 from editing.mend.protected import ProtectedKeys
 from editing.training.groups import GroupSampler, relation_groups
 from editing.training.objective import EditGroup, LossWeights, consecutive_groups, editing_objective
+from editing.training.schedule import learning_rate_factor, set_learning_rates, training_progress
 
 LOGGER = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -182,6 +183,9 @@ class EditorTrainer:
                 totals[name] = totals.get(name, 0.0) + value / self.config.grad_accumulation
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip))
         if math.isfinite(grad_norm) and math.isfinite(totals["loss"]):
+            factor = learning_rate_factor(self.config, self.state.step, self._progress())
+            set_learning_rates(self.optimizer, self.config, factor)
+            totals["lr_factor"] = factor
             self.optimizer.step()
         else:
             self.state.skipped_steps += 1
@@ -282,6 +286,10 @@ class EditorTrainer:
 
     def _out_of_time(self, elapsed: float, budget: float) -> bool:
         return elapsed >= budget
+
+    def _progress(self) -> float:
+        """How much of the budget is used (the learning-rate schedule's clock)."""
+        return training_progress(self.config, self.state.step, self.state.elapsed_seconds)
 
     def summary(self) -> dict[str, Any]:
         summary = asdict(self.state)

@@ -19,6 +19,14 @@ def test_group_sizes_and_aggregation_are_parsed_and_checked(monkeypatch):
         FixSettings.from_env(editor_same_relation=1.5)
 
 
+def test_learning_rate_schedule_is_read_and_checked(monkeypatch):
+    assert FixSettings.from_env().editor_lr_schedule == "cosine"  # the fix run's recipe
+    monkeypatch.setenv("MEND_EDITOR_LR_SCHEDULE", "constant")
+    assert FixSettings.from_env().editor_lr_schedule == "constant"
+    with pytest.raises(SettingsError, match="MEND_EDITOR_LR_SCHEDULE"):
+        FixSettings.from_env(editor_lr_schedule="step")
+
+
 def test_edit_time_solver_multipliers_are_read_and_must_be_usable(monkeypatch):
     monkeypatch.setenv("MEND_EDIT_PROTECT_MULTIPLIER", "64")
     settings = FixSettings.from_env()
