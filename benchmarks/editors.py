@@ -92,6 +92,15 @@ RECIPES = {
     "mend-ls-wide-60": Recipe("mend-ls-wide-60", group_sizes=(1, 4, 16, 64, 256), train_minutes=60.0),
     # `mend-ls` with its learning rates decayed (cosine, to a tenth) over the same 10 minutes.
     "mend-ls-cosine": Recipe("mend-ls-cosine", lr_schedule="cosine"),
+    # `mend-ls-wide-60`'s 1,968 steps (or its hour, whichever ends first) with the learning rates decayed:
+    # whether the decay that strengthened the narrow editor also holds the wide one's large batches.
+    "mend-ls-wide-cosine-1968": Recipe(
+        "mend-ls-wide-cosine-1968",
+        group_sizes=(1, 4, 16, 64, 256),
+        train_minutes=60.0,
+        max_steps=1968,
+        lr_schedule="cosine",
+    ),
     # The earlier benchmark's editor: single edits, the paper's aggregation and loss weights.
     "mend-single": Recipe(
         "mend-single",
