@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from editing.config import (
+    FIX_RUN_LOCALITY_WEIGHT,
     RECIPE_EDITOR_LR,
     RECIPE_EDITOR_SETTINGS,
     RECIPE_GENERAL_TEXT_EVERY,
     RECIPE_GENERAL_TEXT_WEIGHT,
     RECIPE_LOCALITY_WEIGHT,
+    RECIPE_LR_SCHEDULE,
     EditorConfig,
     TrainConfig,
 )
@@ -51,7 +53,7 @@ class Recipe:
     aggregation: str = "least_squares"
     group_sizes: tuple[int, ...] = GROUP_SIZES
     same_relation: float = 0.5
-    # The fix run's loss weights (editing.config), so the benchmarks measure the editor users get.
+    # The recipe's loss weights (editing.config); the fix run's own settings are `mend-ls-fix-run`'s.
     locality_weight: float = RECIPE_LOCALITY_WEIGHT
     general_text_weight: float = RECIPE_GENERAL_TEXT_WEIGHT
     general_text_every: int = RECIPE_GENERAL_TEXT_EVERY
@@ -92,6 +94,10 @@ RECIPES = {
     "mend-ls-wide-60": Recipe("mend-ls-wide-60", group_sizes=(1, 4, 16, 64, 256), train_minutes=60.0),
     # `mend-ls` with its learning rates decayed (cosine, to a tenth) over the same 10 minutes.
     "mend-ls-cosine": Recipe("mend-ls-cosine", lr_schedule="cosine"),
+    # The editor a fix run trains today (tasks/settings.py defaults): decayed, twice the locality weight.
+    "mend-ls-fix-run": Recipe(
+        "mend-ls-fix-run", locality_weight=FIX_RUN_LOCALITY_WEIGHT, lr_schedule=RECIPE_LR_SCHEDULE
+    ),
     # `mend-ls-wide-60`'s 1,968 steps (or its hour, whichever ends first) with the learning rates decayed:
     # whether the decay that strengthened the narrow editor also holds the wide one's large batches.
     "mend-ls-wide-cosine-1968": Recipe(

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from editing.config import (
+    FIX_RUN_LOCALITY_WEIGHT,
     RECIPE_GENERAL_TEXT_EVERY,
     RECIPE_GENERAL_TEXT_WEIGHT,
-    RECIPE_LOCALITY_WEIGHT,
     RECIPE_LR_SCHEDULE,
 )
 from tasks.tracking import mend_home
@@ -152,7 +152,7 @@ class FixSettings:
             "editor_aggregation": environ.get("MEND_EDITOR_AGGREGATION", "least_squares"),
             "editor_group_sizes": environ.get("MEND_EDITOR_GROUP_SIZES", "1,2,4,8,16,32"),
             "editor_same_relation": _number("MEND_EDITOR_SAME_RELATION", 0.5),
-            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", RECIPE_LOCALITY_WEIGHT),
+            "editor_locality_weight": _number("MEND_EDITOR_LOCALITY_WEIGHT", FIX_RUN_LOCALITY_WEIGHT),
             "editor_general_text_weight": _number(
                 "MEND_EDITOR_GENERAL_TEXT_WEIGHT", RECIPE_GENERAL_TEXT_WEIGHT
             ),

@@ -13,13 +13,16 @@ from tasks.settings import FixSettings
 from tests.paths import DATA_DIR
 
 
-def test_the_benchmark_recipe_trains_with_the_fix_runs_loss_weights():
+def test_the_fix_run_recipe_trains_as_the_fix_run_does():
     settings = FixSettings.from_env()
-    train, _ = RECIPES["mend-ls"].configs(minutes=1.0, device="cpu")
+    train, _ = RECIPES["mend-ls-fix-run"].configs(minutes=1.0, device="cpu")
     assert train.locality_loss_weight == settings.editor_locality_weight
     assert train.general_text_loss_weight == settings.editor_general_text_weight
     assert train.general_text_every == settings.editor_general_text_every
-    assert RECIPES["mend-ls"].group_sizes == settings.group_sizes()
+    assert train.lr_schedule == settings.editor_lr_schedule
+    assert RECIPES["mend-ls-fix-run"].group_sizes == settings.group_sizes()
+    # The other recipes keep the weights their recorded editors were trained with.
+    assert RECIPES["mend-ls"].configs(minutes=1.0, device="cpu")[0].locality_loss_weight == 10
 
 
 def test_every_recipe_makes_valid_configs_and_the_wide_one_differs_only_in_its_groups():
