@@ -162,6 +162,7 @@ class EditorConfig(_Serializable):
 
 
 TRAINING_MIXES = ("counterfact", "generated", "counterfact+generated")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -274,8 +275,8 @@ class TrainConfig(_Serializable):
             f"TrainConfig.training_mix must be one of {TRAINING_MIXES}, got {self.training_mix!r}",
         )
         _require(
-            self.lr_schedule in ("constant", "cosine"),
-            f"TrainConfig.lr_schedule must be constant or cosine, got {self.lr_schedule!r}",
+            self.lr_schedule in LR_SCHEDULES,
+            f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
         )
         _require(0 <= self.lr_floor <= 1, "TrainConfig.lr_floor must be in [0, 1]")
         _require(self.warmup_steps >= 0, "TrainConfig.warmup_steps must be >= 0")

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from editing.config import (
     FIX_RUN_LOCALITY_WEIGHT,
+    LR_SCHEDULES,
     RECIPE_GENERAL_TEXT_EVERY,
     RECIPE_GENERAL_TEXT_WEIGHT,
     RECIPE_LR_SCHEDULE,
@@ -23,7 +24,6 @@ from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
 AGGREGATIONS = ("least_squares", "sum")
-LR_SCHEDULES = ("constant", "cosine")
 # Same-wording neighbours per edit at edit time (see FixSettings.edit_substitutes).
 DEFAULT_EDIT_SUBSTITUTES = 8
 

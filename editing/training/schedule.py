@@ -3,7 +3,8 @@
 A fix run trains its editor for a time budget, not a step count, so "how far along" is the larger of
 the steps taken over ``max_steps`` and the seconds spent over ``max_minutes``. The factor is a pure
 function of the trainer's (step, elapsed seconds), both of which a checkpoint keeps, so resuming needs
-no scheduler state.
+no scheduler state. Each optimizer group keeps the rate it was built with as ``initial_lr`` (torch's
+own schedulers' key), so the schedule needs to know neither the groups' order nor the config's rates.
 """
 
 from __future__ import annotations
@@ -36,12 +37,7 @@ def learning_rate_factor(config: TrainConfig, step: int, progress: float) -> flo
     return warmup * (config.lr_floor + (1.0 - config.lr_floor) * cosine)
 
 
-def base_learning_rates(config: TrainConfig) -> tuple[float, float, float]:
-    """The learning rates of the trainer's parameter groups: network, step sizes, solver scalars."""
-    return config.editor_lr, config.step_size_lr, config.solver_lr
-
-
-def set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig, factor: float) -> None:
-    """Scale each parameter group's configured learning rate by ``factor`` (groups in trainer order)."""
-    for group, base in zip(optimizer.param_groups, base_learning_rates(config), strict=True):
-        group["lr"] = base * factor
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale each parameter group's initial learning rate by ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor

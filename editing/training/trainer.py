@@ -184,7 +184,7 @@ class EditorTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip))
         if math.isfinite(grad_norm) and math.isfinite(totals["loss"]):
             factor = learning_rate_factor(self.config, self.state.step, self._progress())
-            set_learning_rates(self.optimizer, self.config, factor)
+            set_learning_rates(self.optimizer, factor)
             totals["lr_factor"] = factor
             self.optimizer.step()
         else:
