@@ -14,6 +14,10 @@ Leave-relations-out: a fifth of CounterFact's relations (``editing.data.relation
 train and val together, chosen with a seed) is held out of training, and the editor is evaluated on
 val records of those relations only (``eval_data`` ``counterfact-held-out``).
 
+``--recipes`` evaluates benchmark editors by recipe name as well (``benchmarks.editors.RECIPES``, trained or
+reused under ``benchmarks/work/<name>/`` exactly as ``make bench-scale`` keeps them), so an editor measured
+there is measured here without training it again; its rows' ``train_data`` is ``recipe:<name>``.
+
 Each cell applies single edits (``mode`` single) or disjoint batches of 16 (``mode`` batch) and reports the
 mean over edits with a 95% interval (normal approximation) of each metric; ``seconds`` is the cell's wall
 time. Cells score the first ``--eval-records`` records of a set (a CPU subset; ``arguments`` says so).
@@ -32,6 +36,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from benchmarks.editors import (
+    RECIPES,
     TRAIN_FILE,
     VAL_FILE,
     ZSRE_FILE,
@@ -40,9 +45,11 @@ from benchmarks.editors import (
     log_validation,
     protected_for,
     record_recipe,
+    train_or_reuse,
 )
 from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import interval
+from editing.config import LR_SCHEDULES
 from editing.data.protected_sources import training_texts
 from editing.data.records import EditRecord, read_records
 
@@ -114,7 +121,7 @@ def train_mix(loaded, args, mix: str, counterfact: list[EditRecord], name: str) 
 
     directory = args.work / name
     recipe = Recipe(name, locality_weight=args.locality_weight, max_steps=args.max_steps,
-                    train_minutes=args.train_minutes)  # fmt: skip
+                    train_minutes=args.train_minutes, lr_schedule=args.lr_schedule)  # fmt: skip
     # Besides the recipe, what this benchmark trains with: an editor from other settings is not reused.
     settings = {"training_mix": mix, "same_subject_weight": args.same_subject_weight,
                 "generated_examples": args.generated_examples, "seed": args.seed,
@@ -208,6 +215,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mixes", default="counterfact,generated,counterfact+generated")
     parser.add_argument("--eval-sets", default="counterfact,zsre,knowedit")
     parser.add_argument("--modes", default="single,batch")
+    parser.add_argument("--recipes", default="", help="benchmark editors to evaluate as well, by recipe name "
+                        "(benchmarks.editors.RECIPES)")  # fmt: skip
     parser.add_argument("--leave-relations-out", default="counterfact", help="mixes trained without a fifth of "
                         "CounterFact's relations ('' for none)")  # fmt: skip
     parser.add_argument("--held-out-fraction", type=float, default=0.2)
@@ -222,10 +231,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=8, help="batches of --batch-size per batch cell")
     parser.add_argument("--locality-weight", type=float, default=10.0, help="as the fix run's editor")
+    parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                        help="the recorded editors' constant rate, or the fix run's cosine decay")  # fmt: skip
     parser.add_argument("--same-subject-weight", type=float, default=1.0)
     parser.add_argument("--same-subject-probes", type=int, default=2, help="added per CounterFact record")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [name for name in filter(None, args.recipes.split(",")) if name not in RECIPES]
+    if unknown:
+        parser.error(f"--recipes: no recipe named {', '.join(unknown)} (known: {', '.join(RECIPES)})")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,6 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         training[name] = train_mix(loaded, args, mix, counterfact, name)
         editor = build_editor("mend", loaded, editor_path=args.work / name)
         rows += evaluate_cells(loaded, editor, mix, eval_sets, args)
+    for name in filter(None, args.recipes.split(",")):
+        training[name] = train_or_reuse(loaded, args.data_dir, args.work, RECIPES[name], args.train_minutes,
+                                        args.device)  # fmt: skip
+        editor = build_editor("mend", loaded, editor_path=args.work / name)
+        rows += evaluate_cells(loaded, editor, f"recipe:{name}", eval_sets, args)
     held_relations: list[str] = []
     for mix in filter(None, args.leave_relations_out.split(",")):
         kept_train, held_val, held_relations = _held_out_sets(loaded, args)

@@ -38,6 +38,11 @@ def test_every_recipe_makes_valid_configs_and_the_wide_one_differs_only_in_its_g
     assert hour.max_minutes == 60 and short.max_minutes == 10
     wide_hour = RECIPES["mend-ls-wide-60"].__dict__
     assert {key for key in wide if wide[key] != wide_hour[key]} == {"name", "train_minutes"}
+    # The hour's decayed editor is the 10-minute one given the hour and the whole train split, nothing else.
+    cosine, cosine_hour = RECIPES["mend-ls-cosine"].__dict__, RECIPES["mend-ls-cosine-60"].__dict__
+    differing = {key for key in cosine if cosine[key] != cosine_hour[key]}
+    assert differing == {"name", "train_minutes", "train_records", "val_records"}
+    assert cosine_hour["train_records"] >= 10_000 and cosine_hour["lr_schedule"] == "cosine"
 
 
 def test_an_editor_trained_with_another_recipe_is_refused(tmp_path):

@@ -108,3 +108,12 @@ def test_equal_step_editors_are_kept_apart_from_time_budgeted_ones():
 
     assert editor_name("counterfact", Namespace(max_steps=NO_STEP_LIMIT)) == "transfer-counterfact"
     assert editor_name("counterfact", Namespace(max_steps=540)) == "transfer-counterfact-540-steps"
+
+
+def test_benchmark_editors_are_named_by_recipe_and_an_unknown_name_is_refused(capsys):
+    from benchmarks.transfer import _arguments
+
+    assert _arguments(["--recipes", "mend-ls-cosine-60,mend-ls"]).recipes == "mend-ls-cosine-60,mend-ls"
+    with pytest.raises(SystemExit):
+        _arguments(["--recipes", "mend-ls,no-such-editor"])
+    assert "no recipe named no-such-editor" in capsys.readouterr().err
