@@ -86,11 +86,13 @@ def test_an_editor_of_the_fix_run_recipe_trains_with_its_general_texts(tiny_llam
     from tests.paths import DATA_DIR
 
     args = Namespace(data_dir=DATA_DIR, work=tmp_path, device="cpu", train_minutes=5.0, max_steps=2, seed=0,
-                     generated_examples=10, locality_weight=10.0, same_subject_weight=1.0)  # fmt: skip
+                     generated_examples=10, locality_weight=10.0, same_subject_weight=1.0,
+                     lr_schedule="cosine")  # fmt: skip
     records = read_records(DATA_DIR / TRAIN_FILE, limit=120).records
     summary = train_mix(tiny_llama, args, "counterfact", records, "tiny")
     assert summary["step"] == 2 and summary["train_records"] == 20
     assert summary["recipe"]["max_steps"] == 2 and summary["recipe"]["training_mix"] == "counterfact"
+    assert summary["recipe"]["lr_schedule"] == "cosine"
     assert (tmp_path / "tiny" / "editor.json").is_file()
     reused = train_mix(tiny_llama, args, "counterfact", records, "tiny")
     assert reused == {"reused": str(tmp_path / "tiny"), "recipe": summary["recipe"]}
@@ -98,6 +100,9 @@ def test_an_editor_of_the_fix_run_recipe_trains_with_its_general_texts(tiny_llam
         train_mix(tiny_llama, Namespace(**{**vars(args), "max_steps": 3}), "counterfact", records, "tiny")
     with pytest.raises(RecipeMismatch, match="same_subject_weight"):
         train_mix(tiny_llama, Namespace(**{**vars(args), "same_subject_weight": 0.0}), "counterfact",
+                  records, "tiny")  # fmt: skip
+    with pytest.raises(RecipeMismatch, match="lr_schedule"):  # a decayed editor is not a constant-rate one
+        train_mix(tiny_llama, Namespace(**{**vars(args), "lr_schedule": "constant"}), "counterfact",
                   records, "tiny")  # fmt: skip
 
 
