@@ -49,7 +49,7 @@ from benchmarks.editors import (
 )
 from benchmarks.run import _machine, add_common_arguments, configure_logging
 from benchmarks.scale import interval
-from editing.config import LR_SCHEDULES
+from editing.config import LR_SCHEDULES, RECIPE_LOCALITY_WEIGHT
 from editing.data.protected_sources import training_texts
 from editing.data.records import EditRecord, read_records
 
@@ -230,7 +230,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-records", type=int, default=500, help="records scored per evaluation set")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=8, help="batches of --batch-size per batch cell")
-    parser.add_argument("--locality-weight", type=float, default=10.0, help="as the fix run's editor")
+    parser.add_argument("--locality-weight", type=float, default=RECIPE_LOCALITY_WEIGHT,
+                        help="the benchmark recipes' weight, as the recorded editors were trained (the fix "
+                        "run's own is FIX_RUN_LOCALITY_WEIGHT)")  # fmt: skip
     parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                         help="the recorded editors' constant rate, or the fix run's cosine decay")  # fmt: skip
     parser.add_argument("--same-subject-weight", type=float, default=1.0)
