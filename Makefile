@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver \
-	bench-neighbours bench-transfer bench-generator bench-train-speed clean services-up services-down run-services
+	bench-disturbance bench-neighbours bench-transfer bench-generator bench-train-speed clean services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-scale: model
 SOLVER_GRID ?= 0.03x1,0.125x1,0.25x1,1x1,8x1,1x16,0.125x16
 bench-solver: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag $(or $(TAG),cpu) --batch-sizes 16 --grid $(SOLVER_GRID)
+# The disturbance cap's calibration (benchmarks/disturbance.py): how far the fix run's recipe moves the
+# protected keys' outputs by batch size, on CounterFact train edits nothing else scores.
+bench-disturbance: model
+	$(BIN)/python -m benchmarks.disturbance --tag fixrun-$(or $(TAG),cpu)
 # Neighbour protection on nights of one relation (batches of 16 same-relation CounterFact train edits):
 # cells RIDGExPROTECTxBANKxWEIGHTxSAME-WORDING (editing/mend/substitutes.py).
 NEIGHBOUR_GRID ?= 1x1,1x1x0x1x8,1x1x0x4x8,1x1x0x1x16,1x1x0x16x16

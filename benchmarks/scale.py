@@ -205,6 +205,20 @@ def _kl_reference(data_dir: Path):
     return [r.locality[0] for r in read_records(data_dir / TRAIN_FILE, limit=32).records]
 
 
+def mend_cells(bench: Bench, args, name: str, aggregation: str, editor, records_by_set) -> list[dict]:
+    """A MEND editor's batch cells per data set, then its accumulated cells on CounterFact."""
+    loaded, rows = bench.loaded, []
+    for data_set, records in records_by_set.items():
+        edit = lambda batch: editor.edit(loaded.model, loaded.tokenizer, batch)  # noqa: E731
+        cells = batch_cells(bench, name, aggregation, edit, records, _coverage(args, args.sizes),
+                            args.ppl_batches, args.score_limit)  # fmt: skip
+        rows += [{**cell, "data": data_set} for cell in cells]
+    nightly = mend_nightly(editor, loaded, aggregation)
+    return rows + [{**c, "data": "counterfact"} for c in accumulated_cells(
+        bench, name, aggregation, nightly, records_by_set["counterfact"], args.accumulated, args.night,
+        args.score_limit)]  # fmt: skip
+
+
 def run_editor(bench: Bench, args, name: str, records_by_set: dict[str, list[EditRecord]]) -> list[dict]:
     """Every cell of one editor: batch cells per data set, then accumulated cells on CounterFact."""
     from editing.editors import build_editor
@@ -213,15 +227,12 @@ def run_editor(bench: Bench, args, name: str, records_by_set: dict[str, list[Edi
     counterfact = records_by_set["counterfact"]
     if name.startswith("mend"):
         aggregation = RECIPES[name].aggregation
-        editor = build_editor("mend", loaded, editor_path=args.work / name)
-        for data_set, records in records_by_set.items():
-            edit = lambda batch: editor.edit(loaded.model, loaded.tokenizer, batch)  # noqa: E731
-            cells = batch_cells(bench, name, aggregation, edit, records, _coverage(args, args.sizes),
-                                args.ppl_batches, args.score_limit)  # fmt: skip
-            rows += [{**cell, "data": data_set} for cell in cells]
-        nightly = mend_nightly(editor, loaded, aggregation)
-        rows += [{**c, "data": "counterfact"} for c in accumulated_cells(
-            bench, name, aggregation, nightly, counterfact, args.accumulated, args.night, args.score_limit)]  # fmt: skip
+        trained = build_editor("mend", loaded, editor_path=args.work / name)
+        for cap in args.max_disturbance if aggregation == "least_squares" else [None]:
+            editor = trained if cap is None else trained.with_disturbance_cap(cap, loaded.model)
+            label = name if cap is None else f"{name}, cap {cap:g}"
+            cells = mend_cells(bench, args, label, aggregation, editor, records_by_set)
+            rows += [{**cell, "max_disturbance": cap} for cell in cells]
         return rows
     editor = build_editor("ft-kl", loaded, kl_reference=_kl_reference(args.data_dir))
     if name == "ft-kl":
@@ -256,6 +267,14 @@ def _numbers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
+def _caps(text: str) -> list[float | None]:
+    """``"none,0.05"`` -> [None, 0.05]: each least-squares editor is measured once per cap (None: unbounded)."""
+    caps = [None if part.lower() == "none" else float(part) for part in text.split(",") if part]
+    if not caps or any(cap is not None and not cap > 0 for cap in caps):
+        raise argparse.ArgumentTypeError(f"caps must be 'none' or positive numbers, got {text!r}")
+    return caps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         "--ppl-batches", type=int, default=2, help="batches per cell whose perplexity is measured"
     )
     parser.add_argument("--ppl-texts", type=int, default=100)
+    parser.add_argument(
+        "--max-disturbance", type=_caps, default=[None],
+        help="edit-time disturbance caps for least-squares editors, e.g. none,0.05 (benchmarks/disturbance.py)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     configure_logging()
     from editing.core.models import load_model

@@ -74,6 +74,7 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
                     "base_fingerprint": base.fingerprint, "thresholds": settings.thresholds().to_dict(),
                     "store": settings.store_uri, "edit_ridge_multiplier": settings.edit_ridge_multiplier,
                     "edit_protect_multiplier": settings.edit_protect_multiplier,
+                    "edit_max_disturbance": settings.edit_max_disturbance,
                     "edit_neighbours": settings.edit_neighbours,
                     "edit_neighbour_weight": settings.edit_neighbour_weight,
                     "edit_substitutes": settings.edit_substitutes})  # fmt: skip

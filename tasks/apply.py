@@ -13,6 +13,7 @@ the *base* model, plus the base's fingerprint, a checksum and the ledger's flag 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 
@@ -90,6 +91,12 @@ def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, worksp
     result = editor.aggregate(concat_rows([*parts, new_rows]))
     LOGGER.info("solved a ledger of %d edits (%d new) in %.2f s", len(old_ids) + len(new_ids), len(new_ids),
                 time.perf_counter() - started)  # fmt: skip
+    disturbance = {
+        k.removeprefix("disturbance/"): v for k, v in result.diagnostics.items() if "disturbance/" in k
+    }
+    if disturbance:  # how hard the update leans on general behaviour, against the cap
+        LOGGER.info("protected-key disturbance, largest %.3g (%s), cap %s", max(disturbance.values()),
+                    max(disturbance, key=disturbance.get), editor.disturbance_cap[0])  # fmt: skip
     return result, manifest, [*old_ids, *new_ids]
 
 
@@ -113,8 +120,10 @@ def apply_edits(
     manifest, ledger_ids = None, [*champion.metadata.ledger_flag_ids, *flag_ids]
     if settings.editor == "mend":
         base = _restore_base(champion)
-        editor = build_editor("mend", base, editor_path=editor_dir).with_multipliers(
-            ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier
+        editor = (
+            build_editor("mend", base, editor_path=editor_dir)
+            .with_multipliers(ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier)
+            .with_disturbance_cap(settings.edit_max_disturbance or math.inf, base.model)
         )
         if settings.edit_neighbours or settings.edit_substitutes:
             editor = _with_neighbours(settings, editor, base)

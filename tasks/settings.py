@@ -26,6 +26,10 @@ EDITORS = ("mend", "ft-kl", "ft")
 AGGREGATIONS = ("least_squares", "sum")
 # Same-wording neighbours per edit at edit time (see FixSettings.edit_substitutes).
 DEFAULT_EDIT_SUBSTITUTES = 8
+# The cap on a least-squares update's disturbance (FixSettings.edit_max_disturbance): 0.00345, rounded, is
+# what the fix run's own recipe disturbs at its largest training group, 32 edits (95th percentile,
+# benchmarks/results/disturbance-fixrun-cpu.md); a night of 20 stays under it, a ledger of hundreds not.
+DEFAULT_EDIT_MAX_DISTURBANCE = 0.0035
 
 
 class SettingsError(ValueError):
@@ -65,6 +69,9 @@ class FixSettings:
     # Edit-time scaling of the editor's learned ridge and protection (benchmarks/solver_sweep.py).
     edit_ridge_multiplier: float
     edit_protect_multiplier: float
+    # The most a least-squares update may move the protected keys' outputs, as a share of each weight's
+    # own output energy over them (MendEditor.with_disturbance_cap); 0 is unbounded.
+    edit_max_disturbance: float
     # Neighbour protection (editing.mend.neighbours): each edit's nearest known facts, from the first
     # ``neighbour_bank_records`` CounterFact edit-split records, held in place by the solve; 0 is off.
     edit_neighbours: int
@@ -116,6 +123,7 @@ class FixSettings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
+                     "edit_max_disturbance",
                      "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -162,6 +170,7 @@ class FixSettings:
             "editor_lr_schedule": environ.get("MEND_EDITOR_LR_SCHEDULE", RECIPE_LR_SCHEDULE),
             "edit_ridge_multiplier": _number("MEND_EDIT_RIDGE_MULTIPLIER", 1.0),
             "edit_protect_multiplier": _number("MEND_EDIT_PROTECT_MULTIPLIER", 1.0),
+            "edit_max_disturbance": _number("MEND_EDIT_MAX_DISTURBANCE", DEFAULT_EDIT_MAX_DISTURBANCE),
             "edit_neighbours": int(_number("MEND_EDIT_NEIGHBOURS", 0)),
             "edit_neighbour_weight": _number("MEND_EDIT_NEIGHBOUR_WEIGHT", 1.0),
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),

@@ -26,6 +26,7 @@ form in the eigenbasis ``C = Q diag(c) Q^T``, where ``B = ridge I + protect C`` 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,7 @@ def least_squares_update(
     protect: float = 0.0,
     second_moment: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
+    max_energy: float | None = None,
 ) -> torch.Tensor:
     """The least-squares update for ``keys`` (rows, d_in) -> ``values`` (rows, d_out), laid out like the
     weight, in float64; ``ridge > 0`` keeps a rank-deficient batch solvable.
@@ -107,22 +109,81 @@ def least_squares_update(
     a large batch or a whole ledger does not grow with its rows beyond forming ``U^T U``. A batch with
     fewer rows than inputs, given ``prior`` (``prior_factor``), is solved on the row side instead, with
     ``S^T = B^{-1} U^T (I + U B^{-1} U^T)^{-1} V``: the same solution (tested) for a fraction of the cost.
+
+    ``max_energy`` bounds ``E_p ||S k_p||^2`` (``protected_energy``): where the solution moves protected
+    keys more, ``B`` is scaled up until it does not (``_capped``).
     """
     if ridge <= 0:
         raise ValueError(f"least squares needs a positive ridge, got {ridge}")
     if keys.shape[0] != values.shape[0]:
         raise ValueError(f"{keys.shape[0]} keys but {values.shape[0]} values")
-    keys64, values64 = keys.double(), values.double()
-    if prior is not None and keys.shape[0] < keys.shape[1]:
-        scaled = torch.cholesky_solve(keys64.transpose(0, 1), prior)  # (d_in, rows) = B^{-1} U^T
-        system = keys64 @ scaled  # (rows, rows) = U B^{-1} U^T
-        system.diagonal().add_(1.0)
-        update = scaled @ torch.linalg.solve(system, values64)  # (d_in, d_out) = S^T
-    else:
-        matrix = normal_matrix(keys64, ridge, protect, second_moment)  # (d_in, d_in)
-        factor = torch.linalg.cholesky(matrix)
-        update = torch.cholesky_solve(keys64.transpose(0, 1) @ values64, factor)  # (d_in, d_out) = S^T
+    solve = _solver(keys.double(), values.double(), ridge, protect, second_moment, prior)
+    update = solve(1.0)  # (d_in, d_out) = S^T
+    if max_energy is not None and second_moment is not None:
+        update = _capped(solve, update, second_moment.double(), max_energy)
     return _layout(update, orientation).to(values.dtype)
+
+
+def _solver(keys64, values64, ridge, protect, second_moment, prior):
+    """``solve(m)``: (d_in, d_out) ``S^T = (U^T U + m B)^{-1} U^T V`` for a multiplier ``m`` of the prior
+    ``B = ridge I + protect C``, with whatever does not depend on ``m`` computed once."""
+    if prior is not None and keys64.shape[0] < keys64.shape[1]:
+        scaled = torch.cholesky_solve(keys64.transpose(0, 1), prior)  # (d_in, rows) = B^{-1} U^T
+        gram = keys64 @ scaled  # (rows, rows) = U B^{-1} U^T
+        identity = torch.eye(gram.shape[0], dtype=gram.dtype)
+
+        def solve(multiplier: float) -> torch.Tensor:  # (m B)^{-1} = B^{-1} / m
+            return (scaled / multiplier) @ torch.linalg.solve(gram / multiplier + identity, values64)
+
+        return solve
+    base = normal_matrix(torch.zeros(0, keys64.shape[1]), ridge, protect, second_moment)  # (d_in, d_in) = B
+    gram = keys64.transpose(0, 1) @ keys64  # (d_in, d_in) = U^T U
+    right = keys64.transpose(0, 1) @ values64  # (d_in, d_out) = U^T V
+
+    def solve(multiplier: float) -> torch.Tensor:
+        return torch.cholesky_solve(right, torch.linalg.cholesky(gram + multiplier * base))
+
+    return solve
+
+
+def protected_energy(update_in_out: torch.Tensor, second_moment: torch.Tensor) -> float:
+    """``E_p ||S k_p||^2 = trace(S C S^T)`` for ``S^T`` (d_in, d_out): how far the update moves the
+    protected keys' outputs, in their units."""
+    moment = second_moment.to(update_in_out)
+    return float((update_in_out * (moment @ update_in_out)).sum())  # sum over (d_in, d_out)
+
+
+def output_energy(matrix: torch.Tensor, second_moment: torch.Tensor, orientation: Orientation) -> float:
+    """``E_p ||M k_p||^2`` for ``M`` laid out like the weight: of the weight itself, the unit of a
+    disturbance cap; of an update, how much of it the update uses."""
+    return protected_energy(_layout(matrix.detach().double(), orientation), second_moment.double())
+
+
+def _capped(solve, update: torch.Tensor, moment: torch.Tensor, max_energy: float) -> torch.Tensor:
+    """The solution with the smallest prior multiplier ``m >= 1`` (to about 5% in ``m``) whose protected
+    energy is at most ``max_energy``; ``update`` (``m = 1``) when it already is.
+
+    A larger ``m`` pulls the solution toward zero, hardest along the directions protected keys use, so the
+    energy falls with it (to zero as ``m`` grows). Why a cap: training sees groups of a few dozen edits; a
+    batch or ledger of hundreds can ask for values the keys cannot carry without an update that moves
+    general text far (perplexity x10^4 at 1,024 edits), and a larger regulariser trades those edits'
+    strength for the model's, which the gate then judges.
+    """
+    if protected_energy(update, moment) <= max_energy:
+        return update
+    low, high = 1.0, 2.0
+    while protected_energy(solved := solve(high), moment) > max_energy:
+        low, high = high, high * 4.0
+        if high > 1e12:  # the energy of S ~ U^T V / m falls as 1 / m^2: unreachable only for a zero cap
+            raise ValueError(f"no prior multiplier brings the protected energy under {max_energy}")
+    while high / low > 1.05:
+        middle = math.sqrt(low * high)
+        candidate = solve(middle)
+        if protected_energy(candidate, moment) > max_energy:
+            low = middle
+        else:
+            high, solved = middle, candidate
+    return solved
 
 
 def solved_keys(
@@ -163,6 +224,7 @@ class SolverSettings:
     protect: float
     second_moment: torch.Tensor | None
     prior: torch.Tensor | None = None
+    max_energy: float | None = None  # a bound on E_p ||S k_p||^2 (None: unbounded)
 
 
 def aggregate_update(
@@ -186,4 +248,5 @@ def aggregate_update(
         protect=solver.protect,
         second_moment=solver.second_moment,
         prior=solver.prior,
+        max_energy=solver.max_energy,
     )

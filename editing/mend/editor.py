@@ -19,14 +19,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editing.core.apply import EditResult
+from editing.core.apply import EditResult, named_parameters
 from editing.core.forward import compute_prefix, scored_logits
 from editing.core.hooks import Factors, capture_factors
 from editing.core.losses import per_example_mean, token_nll
 from editing.core.targets import EditScope
 from editing.core.tokens import TokenBatch, encode_batch
 from editing.data.records import EditRecord
-from editing.mend.aggregation import Aggregation, SolverSettings, aggregate_update, prior_factor
+from editing.mend.aggregation import (
+    Aggregation,
+    SolverSettings,
+    aggregate_update,
+    output_energy,
+    prior_factor,
+)
 from editing.mend.editor_net import MendNetwork
 from editing.mend.neighbours import NeighbourBank, NeighbourSettings, neighbour_rows
 from editing.mend.protected import ProtectedKeys
@@ -131,6 +137,7 @@ class MendEditor:
         ridge_multiplier: float = 1.0,
         protect_multiplier: float = 1.0,
         neighbours: tuple[NeighbourBank | None, NeighbourSettings, SubjectPool | None] | None = None,
+        disturbance_cap: tuple[float, dict[str, float]] | None = None,
     ):
         if network.config.aggregation == Aggregation.LEAST_SQUARES and protected is None:
             raise ValueError("a least-squares MEND editor needs the base model's protected keys")
@@ -145,16 +152,21 @@ class MendEditor:
         self.ridge_multiplier, self.protect_multiplier = ridge_multiplier, protect_multiplier
         # Each edit's nearest known facts, held in place by the solve (editing.mend.neighbours).
         self.neighbours = neighbours
+        # The most an update may move the protected keys' outputs, as a share of each weight's own output
+        # energy over them (``with_disturbance_cap``), and those energies.
+        self.disturbance_cap = disturbance_cap
         # Per weight, the solver settings with the factorised prior: they depend only on the (frozen)
         # network and the protected keys, so they are computed on first use and kept.
         self._solvers: dict[str, SolverSettings] = {}
 
+    def _replace(self, **changes) -> MendEditor:
+        settings = {"ridge_multiplier": self.ridge_multiplier, "protect_multiplier": self.protect_multiplier,
+                    "neighbours": self.neighbours, "disturbance_cap": self.disturbance_cap, **changes}  # fmt: skip
+        return MendEditor(self.network, self.scope, self.protected, **settings)
+
     def with_multipliers(self, *, ridge: float = 1.0, protect: float = 1.0) -> MendEditor:
         """The same trained network with the learned ridge and protection scaled at edit time."""
-        return MendEditor(
-            self.network, self.scope, self.protected, ridge_multiplier=ridge, protect_multiplier=protect,
-            neighbours=self.neighbours,
-        )  # fmt: skip
+        return self._replace(ridge_multiplier=ridge, protect_multiplier=protect)
 
     def with_neighbours(
         self, bank: NeighbourBank | None, settings: NeighbourSettings, subjects: SubjectPool | None = None
@@ -163,10 +175,30 @@ class MendEditor:
         ``settings.substitutes`` same-wording neighbours about subjects of ``subjects``."""
         if self.aggregation is not Aggregation.LEAST_SQUARES and settings.enabled:
             raise ValueError("neighbour protection needs least-squares aggregation")
-        return MendEditor(
-            self.network, self.scope, self.protected, ridge_multiplier=self.ridge_multiplier,
-            protect_multiplier=self.protect_multiplier, neighbours=(bank, settings, subjects),
-        )  # fmt: skip
+        return self._replace(neighbours=(bank, settings, subjects))
+
+    def with_disturbance_cap(self, max_disturbance: float | None, model: nn.Module) -> MendEditor:
+        """The same editor, each least-squares update bounded to move the protected keys' outputs by at
+        most ``max_disturbance`` of their own energy: ``E_p ||S k_p||^2 <= cap * E_p ||W k_p||^2`` per
+        weight, ``W`` from ``model`` (the base model the edits apply to). None lifts the bound; ``inf``
+        bounds nothing but reports each update's disturbance in its diagnostics.
+
+        Training sees groups of a few dozen edits; the bound keeps a batch or ledger far beyond them from
+        buying its edits with the model's general behaviour (``editing.mend.aggregation._capped``)."""
+        if max_disturbance is None:
+            return self._replace(disturbance_cap=None)
+        if self.aggregation is not Aggregation.LEAST_SQUARES:
+            raise ValueError("a disturbance cap needs least-squares aggregation")
+        if not max_disturbance > 0:
+            raise ValueError(f"the disturbance cap must be positive, got {max_disturbance}")
+        weights = named_parameters(model, list(self.network.layers))
+        energies = {
+            name: output_energy(
+                weights[name], self.protected.second_moments[name], self.network.layers[name].orientation
+            )
+            for name in self.network.layers
+        }  # fmt: skip
+        return self._replace(disturbance_cap=(max_disturbance, energies))
 
     @property
     def aggregation(self) -> Aggregation:
@@ -246,8 +278,14 @@ class MendEditor:
             ridge = float(ridge_scale) * self.ridge_multiplier * self.protected.mean_eigenvalue(name)
             protect = float(protect) * self.protect_multiplier
             prior = prior_factor(ridge, protect, moment, moment.shape[0])
-            self._solvers[name] = SolverSettings(ridge, protect, moment, prior)
+            self._solvers[name] = SolverSettings(ridge, protect, moment, prior, self._max_energy(name))
         return self._solvers[name]
+
+    def _max_energy(self, name: str) -> float | None:
+        if self.disturbance_cap is None or self.disturbance_cap[0] == float("inf"):
+            return None
+        share, energies = self.disturbance_cap
+        return share * energies[name]
 
     @torch.no_grad()
     def aggregate(self, rows: EditRows, *, aggregation: Aggregation | None = None) -> EditResult:
@@ -261,6 +299,10 @@ class MendEditor:
                 self.network.layers[name].orientation, solver,
             )  # fmt: skip
             diagnostics[f"delta_norm/{name}"] = float(deltas[name].norm())
+            if self.disturbance_cap is not None:  # the update's share of the weight's protected energy
+                energy = output_energy(deltas[name], self.protected.second_moments[name],
+                                       self.network.layers[name].orientation)  # fmt: skip
+                diagnostics[f"disturbance/{name}"] = energy / self.disturbance_cap[1][name]
         return EditResult(deltas, diagnostics)
 
     def edit(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> EditResult:

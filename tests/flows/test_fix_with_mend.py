@@ -46,6 +46,7 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
         mlflow.MlflowClient(tracking_uri=settings.tracking_uri).get_run(first.mlflow_run_id).data.params
     )
     assert fix_params["edit_substitutes"] == "8"  # same-wording neighbours are on by default
+    assert float(fix_params["edit_max_disturbance"]) == settings.edit_max_disturbance > 0  # so is the cap
 
     _flag(settings, *PROMPTS[1])
     # The second night also protects each edit's nearest known facts (a random model knows none of the
@@ -61,8 +62,11 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
 THIRD = ("The mother tongue of Danielle Darrieux is", "English", (), "Danielle Darrieux")
 
 
-def _ledger_weights(settings, version: str, records) -> tuple[dict, dict]:
-    """(the candidate's edited weights, base + one edit of ``records`` computed directly)."""
+def _ledger_weights(settings, version: str, records, *, capped: bool = True) -> tuple[dict, dict]:
+    """(the candidate's edited weights, base + one edit of ``records`` computed directly, under the
+    settings' disturbance cap unless not ``capped``)."""
+    import math
+
     from editing.core.models import load_model
     from editing.editors import build_editor
     from tasks.editor import editor_checkpoint
@@ -71,6 +75,7 @@ def _ledger_weights(settings, version: str, records) -> tuple[dict, dict]:
     candidate = load_version(settings, version)
     base = load_model(settings.base_model)
     editor = build_editor("mend", base, editor_path=editor_checkpoint(settings, "models:/mend-editor/1"))
+    editor = editor.with_disturbance_cap(settings.edit_max_disturbance if capped else math.inf, base.model)
     expected = editor.edit(base.model, base.tokenizer, records)
     parameters = dict(base.model.named_parameters())
     direct = {name: parameters[name] + delta for name, delta in expected.deltas.items()}
@@ -86,7 +91,9 @@ def test_candidates_are_the_base_plus_one_solve_of_the_whole_ledger_and_follow_a
     from tasks.models import load_version
     from tasks.storage import open_store
 
-    settings = make_settings(editor="mend", thresholds=ANY_RESULT)
+    # A cap tight enough to bind on the tiny model (its 6-step editor disturbs about 1e-9): the ledger is
+    # solved under it (checked below).
+    settings = make_settings(editor="mend", thresholds=ANY_RESULT, edit_max_disturbance=1e-10)
     overrides = settings.to_json()
     flags = [_flag(settings, *PROMPTS[0])]
     first = nightly_fix(overrides=overrides)
@@ -100,6 +107,8 @@ def test_candidates_are_the_base_plus_one_solve_of_the_whole_ledger_and_follow_a
     actual, direct = _ledger_weights(settings, second.candidate_version, records)
     for name, weight in direct.items():
         torch.testing.assert_close(actual[name], weight, rtol=1e-4, atol=1e-6)
+    _, uncapped = _ledger_weights(settings, second.candidate_version, records, capped=False)
+    assert any(not torch.equal(uncapped[name], weight) for name, weight in direct.items())  # it binds
     # Night one's rows were reused from its run, not recomputed.
     store = open_store(settings.store_uri)
     manifest = store.read_json(manifest_key(metadata.result_fingerprint))

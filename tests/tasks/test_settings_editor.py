@@ -35,3 +35,13 @@ def test_edit_time_solver_multipliers_are_read_and_must_be_usable(monkeypatch):
         FixSettings.from_env(edit_ridge_multiplier=0.0)
     with pytest.raises(SettingsError, match="edit_protect_multiplier"):
         FixSettings.from_env(edit_protect_multiplier=float("nan"))
+
+
+def test_the_disturbance_cap_is_on_by_default_read_and_checked(monkeypatch):
+    from tasks.settings import DEFAULT_EDIT_MAX_DISTURBANCE
+
+    assert FixSettings.from_env().edit_max_disturbance == DEFAULT_EDIT_MAX_DISTURBANCE > 0
+    monkeypatch.setenv("MEND_EDIT_MAX_DISTURBANCE", "0")  # 0 lifts the bound
+    assert FixSettings.from_env().edit_max_disturbance == 0
+    with pytest.raises(SettingsError, match="edit_max_disturbance"):
+        FixSettings.from_env(edit_max_disturbance=-0.1)
