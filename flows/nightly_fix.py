@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
 from flows.locks import ledger_lock
-from tasks.apply import apply_task
+from tasks.apply import apply_task, update_key
 from tasks.candidate import register_task
 from tasks.dataset import assemble_task
 from tasks.editor import find_editor_task
@@ -109,7 +109,8 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
         )
         summary.summary = metrics_task(settings, mlflow_run_id, evaluation.summary)
         artifacts = {"dataset": [dataset.dataset, dataset.retention, dataset.metadata],
-                     "evaluation": evaluation.prefix, "quarantine": extracted.quarantine_key}  # fmt: skip
+                     "evaluation": evaluation.prefix, "quarantine": extracted.quarantine_key,
+                     "update": update_key(summary.run_id)}  # fmt: skip
         review = {"champion_version": base.champion_version, "editor": settings.editor,
                   "editor_uri": summary.editor_uri, "counts": extracted.counts, "mlflow_run_id": mlflow_run_id}  # fmt: skip
         try:

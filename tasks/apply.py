@@ -100,6 +100,11 @@ def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, worksp
     return result, manifest, [*old_ids, *new_ids]
 
 
+def update_key(run_id: str) -> str:
+    """Where a fix run's update diagnostics are kept (logged to MLflow as ``update/update.json``)."""
+    return f"runs/{run_id}/update.json"
+
+
 def apply_edits(
     settings: FixSettings,
     run_id: str,
@@ -151,6 +156,13 @@ def apply_edits(
     if manifest is not None:
         write_manifest(store, metadata.result_fingerprint, manifest)
     prefix = upload_dir(store, snapshot_dir, f"runs/{run_id}/snapshot")
+    # What the update did, beside the candidate: per-weight norms and, for MEND, each weight's disturbance
+    # of the protected keys against the cap (MEND_EDIT_MAX_DISTURBANCE; "cap": null when unbounded).
+    cap = (
+        settings.edit_max_disturbance if settings.editor == "mend" and settings.edit_max_disturbance else None
+    )
+    store.write_json(update_key(run_id), {"editor": settings.editor, "max_disturbance": cap,
+                                          "diagnostics": result.diagnostics})  # fmt: skip
     LOGGER.info(
         "applied %d edits to version %s; snapshot in %s", len(records), champion_version, store.url(prefix)
     )

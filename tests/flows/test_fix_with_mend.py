@@ -47,6 +47,16 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     )
     assert fix_params["edit_substitutes"] == "8"  # same-wording neighbours are on by default
     assert float(fix_params["edit_max_disturbance"]) == settings.edit_max_disturbance > 0  # so is the cap
+    # The update's diagnostics sit beside the candidate and in the run: each weight's disturbance vs the cap.
+    from tasks.apply import update_key
+
+    update = settings.open_store().read_json(update_key(first.run_id))
+    assert update["max_disturbance"] == settings.edit_max_disturbance and update["editor"] == "mend"
+    assert any(key.startswith("disturbance/") for key in update["diagnostics"])
+    logged = mlflow.MlflowClient(tracking_uri=settings.tracking_uri).list_artifacts(
+        first.mlflow_run_id, "update"
+    )
+    assert [artifact.path for artifact in logged] == ["update/update.json"]
 
     _flag(settings, *PROMPTS[1])
     # The second night also protects each edit's nearest known facts (a random model knows none of the
