@@ -24,17 +24,14 @@ from pathlib import Path
 
 from benchmarks.editors import RECIPES, TRAIN_FILE, train_or_reuse
 from benchmarks.run import _machine, add_common_arguments, configure_logging
-from benchmarks.scale import Bench
+from benchmarks.scale import Bench, _numbers
 from editing.data.protected_sources import training_texts
 from editing.data.records import read_records
 from editing.evaluation.evaluate import perplexity
+from editing.mend.editor import disturbances
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LOGGER = logging.getLogger("benchmarks.disturbance")
-
-
-def _numbers(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
 
 
 def calibration_texts(data_dir: Path, count: int) -> list[str]:
@@ -54,8 +51,7 @@ def measure(bench: Bench, editor, records, sizes: list[int], edits_per_size: int
             if len(batch) < size:
                 break
             result = editor.edit(loaded.model, loaded.tokenizer, batch)
-            by_weight = {k.removeprefix("disturbance/"): v for k, v in result.diagnostics.items()
-                         if k.startswith("disturbance/")}  # fmt: skip
+            by_weight = disturbances(result.diagnostics)
             row = {
                 "size": size,
                 "batch": index,

@@ -24,6 +24,7 @@ from editing.core.models import LoadedModel, fingerprint
 from editing.core.snapshot import SnapshotMetadata, changed_tensors, save_snapshot
 from editing.data.records import read_records
 from editing.editors import build_editor
+from editing.mend.editor import disturbances
 from editing.mend.rows import concat_rows
 from tasks.edit_ledger import (
     Manifest,
@@ -91,9 +92,7 @@ def _ledger_edit(settings, champion, editor, records, run_id, editor_uri, worksp
     result = editor.aggregate(concat_rows([*parts, new_rows]))
     LOGGER.info("solved a ledger of %d edits (%d new) in %.2f s", len(old_ids) + len(new_ids), len(new_ids),
                 time.perf_counter() - started)  # fmt: skip
-    disturbance = {
-        k.removeprefix("disturbance/"): v for k, v in result.diagnostics.items() if "disturbance/" in k
-    }
+    disturbance = disturbances(result.diagnostics)
     if disturbance:  # how hard the update leans on general behaviour, against the cap
         LOGGER.info("protected-key disturbance, largest %.3g (%s), cap %s", max(disturbance.values()),
                     max(disturbance, key=disturbance.get), editor.disturbance_cap[0])  # fmt: skip

@@ -41,6 +41,16 @@ from editing.mend.substitutes import SubjectPool
 
 LOGGER = logging.getLogger(__name__)
 Prefix = tuple[str, int, torch.Tensor]
+DISTURBANCE = "disturbance/"  # diagnostics key prefix: an update's share of a weight's protected energy
+
+
+def disturbances(diagnostics: dict[str, float]) -> dict[str, float]:
+    """Per edited weight, the disturbance an aggregate reported (empty unless a cap, even ``inf``, was set)."""
+    return {
+        key.removeprefix(DISTURBANCE): value
+        for key, value in diagnostics.items()
+        if key.startswith(DISTURBANCE)
+    }
 
 
 @dataclass(frozen=True)
@@ -302,7 +312,7 @@ class MendEditor:
             if self.disturbance_cap is not None:  # the update's share of the weight's protected energy
                 energy = output_energy(deltas[name], self.protected.second_moments[name],
                                        self.network.layers[name].orientation)  # fmt: skip
-                diagnostics[f"disturbance/{name}"] = energy / self.disturbance_cap[1][name]
+                diagnostics[f"{DISTURBANCE}{name}"] = energy / self.disturbance_cap[1][name]
         return EditResult(deltas, diagnostics)
 
     def edit(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> EditResult:
