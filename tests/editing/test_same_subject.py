@@ -132,3 +132,57 @@ def test_a_flags_same_subject_probes_are_its_subjects_other_facts(tiny_llama):
     assert all(not p.prompt.startswith("The capital city") for p in probes)
     assert none == [] and nobody == probes
     assert same_subject_probes(model, tokenizer, [edit], pool, per_edit=0) == [[]]
+
+
+def test_a_templated_fact_needs_its_whole_first_word_known_not_just_its_first_token(tiny_llama):
+    """A year the model guesses digit by digit starts with a sure "2": such answers are no facts."""
+    from editing.core.confidence import FIRST_WORD, confident_answers
+    from editing.data.relation_templates import load_templates
+    from editing.data.same_subject import SubjectEdit, edit_kinds, same_subject_probes
+
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    edit, templates = SubjectEdit("The official language of France is", "France", "Rome"), load_templates()
+    assert edit_kinds(edit, templates) == {"country", "place"}  # a cue of relation_templates.json
+    questions = [relation.prompt(0, "France") for relation in templates.for_kinds({"country", "place"})]
+    ((reference, _),) = confident_answers(model, tokenizer, [edit.prompt], max_new_tokens=6, batch_size=4)
+    by_token = confident_answers(model, tokenizer, questions, max_new_tokens=6, batch_size=16)
+    by_word = confident_answers(
+        model, tokenizer, questions, max_new_tokens=6, batch_size=16, confidence=FIRST_WORD
+    )  # fmt: skip
+    threshold = sorted(p for _, p in by_token)[len(questions) // 4]
+    offered = [
+        (question, answer, token, word)
+        for question, (answer, token), (_, word) in zip(questions, by_token, by_word, strict=True)
+        if answer.strip() and answer != reference and token >= threshold
+    ]
+    sure_start = [question for question, _, _, word in offered if word < threshold]
+    sure_word = [question for question, _, _, word in offered if word >= threshold]
+    assert sure_start and sure_word, "the tiny model offers both kinds of answer"
+    (probes,) = same_subject_probes(
+        model, tokenizer, [edit], [], per_edit=len(questions), min_probability=threshold
+    )  # fmt: skip
+    prompts = {probe.prompt for probe in probes}
+    assert not prompts & set(sure_start)
+    assert prompts == set(sure_word)
+
+
+def test_a_subjects_kind_comes_from_its_prompt_and_no_relation_is_asked_without_one(tiny_llama):
+    from editing.data.relation_templates import load_templates
+    from editing.data.same_subject import SubjectEdit, edit_kinds, same_subject_probes
+
+    templates = load_templates()
+    assert edit_kinds(SubjectEdit("The capital of Peru is", "Peru", "Lima"), templates) == {"country"}
+    assert "person" in edit_kinds(
+        SubjectEdit("The mother tongue of Ada Lovelace is", "Ada Lovelace", "x"), templates
+    )
+    novel = SubjectEdit("War and Peace was written by", "War and Peace", "Leo Tolstoy")
+    assert edit_kinds(novel, templates) == set()
+    assert (
+        edit_kinds(SubjectEdit("Who wrote it?", "War and Peace", "x"), templates) == set()
+    )  # not in the prompt
+    pool = [PromptAnswer("War and Peace is set in", "Russia", "pool")]
+    (probes,) = same_subject_probes(
+        tiny_llama.model, tiny_llama.tokenizer, [novel], pool, per_edit=4, min_probability=0.0
+    )  # fmt: skip
+    # Only the pool's fact about the novel: no relation template is asked of a subject of unknown kind.
+    assert [probe.prompt for probe in probes] == ["War and Peace is set in"]
