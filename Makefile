@@ -71,11 +71,12 @@ bench-solver: model
 bench-disturbance: model
 	$(BIN)/python -m benchmarks.disturbance --tag fixrun-$(or $(TAG),cpu)
 # Neighbour protection on nights of one relation (batches of 16 same-relation CounterFact train edits):
-# cells RIDGExPROTECTxBANKxWEIGHTxSAME-WORDING (editing/mend/substitutes.py).
+# cells RIDGExPROTECTxBANKxWEIGHTxSAME-WORDING[xSUBJECT-FREE] (editing/mend/substitutes.py); NEIGHBOUR_ARGS
+# passes more (--recipe mend-ls-fix-run, --records N).
 NEIGHBOUR_GRID ?= 1x1,1x1x0x1x8,1x1x0x4x8,1x1x0x1x16,1x1x0x16x16
 bench-neighbours: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag neighbours-$(or $(TAG),cpu) --same-relation --batch-sizes 16 \
-		--grid $(NEIGHBOUR_GRID)
+		--grid $(NEIGHBOUR_GRID) $(NEIGHBOUR_ARGS)
 
 # The editor recipe's training throughput (benchmarks/train_speed.py): its first 100 steps from a cold
 # prefix cache, and the post-edit pass by length against one padded batch on 32 steps, alternated.

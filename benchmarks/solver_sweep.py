@@ -26,18 +26,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LOGGER = logging.getLogger("benchmarks.solver_sweep")
 
 
-def _grid(text: str) -> list[tuple[float, float, int, float, int]]:
-    """``"1x1,1x16,1x1x8x10,1x1x0x1x8"`` -> [(ridge, protect, bank neighbours per edit, neighbour weight,
-    same-wording neighbours per edit), ...]."""
+def _grid(text: str) -> list[tuple[float, float, int, float, int, int]]:
+    """``"1x1,1x16,1x1x8x10,1x1x0x1x8,1x1x0x1x8x6"`` -> [(ridge, protect, bank neighbours per edit, neighbour
+    weight, same-wording neighbours per edit, subject-free wordings per edit), ...]."""
     cells = []
     for cell in (c for c in text.split(",") if c):
         parts = [float(x) for x in cell.split("x")]
-        if len(parts) not in (2, 4, 5):
+        if len(parts) not in (2, 4, 5, 6):
             raise argparse.ArgumentTypeError(
-                f"grid cell {cell!r}: RIDGExPROTECT, RIDGExPROTECTxNxWEIGHT or RIDGExPROTECTxNxWEIGHTxSUBSTITUTES"
+                f"grid cell {cell!r}: RIDGExPROTECT, RIDGExPROTECTxNxWEIGHT, RIDGExPROTECTxNxWEIGHTxSUBSTITUTES "
+                "or RIDGExPROTECTxNxWEIGHTxSUBSTITUTESxSUBJECT_FREE"
             )
-        ridge, protect, neighbours, weight, substitutes = (*parts, 0.0, 0.0, 0.0)[:5]
-        cells.append((ridge, protect, int(neighbours), weight, int(substitutes)))
+        ridge, protect, neighbours, weight, substitutes, subject_free = (*parts, 0.0, 0.0, 0.0, 0.0)[:6]
+        cells.append((ridge, protect, int(neighbours), weight, int(substitutes), int(subject_free)))
     return cells
 
 
@@ -65,15 +66,18 @@ def sweep(
     bench.scores_before(records)  # on the unedited model, before any setting is applied
     device = next(loaded.model.parameters()).device
     rows = []
-    for ridge, protect, neighbours, weight, substitutes in grid:
+    for ridge, protect, neighbours, weight, substitutes, subject_free in grid:
         scaled = editor.with_multipliers(ridge=ridge, protect=protect)
-        if neighbours or substitutes:
-            settings = NeighbourSettings(neighbours, weight, substitutes=substitutes)
+        guarded = bool(neighbours or substitutes or subject_free)
+        if guarded:
+            settings = NeighbourSettings(
+                neighbours, weight, substitutes=substitutes, subject_free=subject_free
+            )
             scaled = scaled.with_neighbours(bank, settings, subjects)
         scored, ppl, seconds = [], [], []
         for index, (batch, edit_rows) in enumerate(zip(batches, batch_rows, strict=True)):
             started = time.perf_counter()
-            if neighbours or substitutes:  # the batch's rows plus its neighbours' zero-shift rows
+            if guarded:  # the batch's rows plus its neighbours' zero-shift rows
                 edit_rows = scaled.edit_rows(loaded.model, loaded.tokenizer, batch)
             result = scaled.aggregate(edit_rows).to(device)
             seconds.append(time.perf_counter() - started)
@@ -83,6 +87,7 @@ def sweep(
             ppl += [evaluation["ppl_change"]] if "ppl_change" in evaluation else []
         rows.append(summarise(scored, ridge_multiplier=ridge, protect_multiplier=protect, edits=batch_size,
                               neighbours=neighbours, neighbour_weight=weight, substitutes=substitutes,
+                              subject_free=subject_free,
                               batches=len(batches), ppl_change=sum(ppl) / max(1, len(ppl)),
                               solve_seconds=sum(seconds) / len(seconds)))  # fmt: skip
         LOGGER.info("%s", {k: v for k, v in rows[-1].items() if not k.endswith("ci95")})
@@ -100,16 +105,16 @@ def markdown(result: dict) -> str:
         f"Editor `{result['recipe']}`; CounterFact train records {result['records']} (never trained on)"
         + ("; each batch of one relation." if result.get("same_relation") else "."),
         "",
-        "| edits/batch | ridge x | protect x | neighbours x weight | same-wording | rewrite | rephrase | locality "
-        "| ppl change | solve s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| edits/batch | ridge x | protect x | neighbours x weight | same-wording | subject-free | rewrite | rephrase "
+        "| locality | ppl change | solve s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        guarded = row.get("neighbours") or row.get("substitutes")
+        guarded = row.get("neighbours") or row.get("substitutes") or row.get("subject_free")
         guard = f"{row.get('neighbours', 0)} x {row['neighbour_weight']:g}" if guarded else "-"
         lines.append(
             f"| {row['edits']} | {row['ridge_multiplier']:g} | {row['protect_multiplier']:g} | {guard} | "
-            f"{row.get('substitutes') or '-'} | "
+            f"{row.get('substitutes') or '-'} | {row.get('subject_free') or '-'} | "
             f"{row['rewrite']:.3f} | {row['rephrase']:.3f} | {row['locality']:.3f} | "
             f"{row['ppl_change']:+.2%} | {row['solve_seconds']:.2f} |"
         )

@@ -48,6 +48,7 @@ def print_review(review: dict[str, Any], version: str, page: str, review_page: s
         f" ({'-' if change is None else f'{change:+.1%}'}); retention "
         f"{_format(summary.get('retention')) + f' of {retained} promoted edit(s)' if retained else 'n/a (no earlier edits)'}; "
         f"{summary.get('locality_regressions', 0)} locality answer(s) changed"
+        + (f", {summary['near_tie_regressions']} of them near ties" if summary.get("near_tie_regressions") is not None else "")
     )  # fmt: skip
     table = Table(title="edits", title_justify="left")
     for column in ("prompt", "old answer", "new answer", "edit", "paraphrases", "locality", "flagged by"):
@@ -61,7 +62,8 @@ def print_review(review: dict[str, Any], version: str, page: str, review_page: s
                       _format(row.get("locality_unchanged")), f"{flag.get('reporter') or '?'} {str(flag.get('flagged_at') or '')[:10]}")  # fmt: skip
     console.print(table)
     for item in review["regressions"][:5]:
-        console.print(f"  locality changed: {item['prompt']!r}: {item['before']!r} -> {item['after']!r}")
+        tie = " (near tie)" if item.get("near_tie") == "yes" else ""
+        console.print(f"  locality changed: {item['prompt']!r}: {item['before']!r} -> {item['after']!r}{tie}")
     if len(review["regressions"]) > 5:
         console.print(f"  ... and {len(review['regressions']) - 5} more on the review page")
     console.print(f"version page: {page}", soft_wrap=True)  # whole, so that it can be clicked or copied
@@ -76,6 +78,14 @@ def print_gate_failed(outcome) -> None:
     failures = [item for item in outcome.gate if not item["passed"]]
     console.print(f"[bold red]The gate FAILED[/] on {len(failures)} expectation(s): "
                   + "; ".join(shortfall(item) for item in failures))  # fmt: skip
+    changed, ties = (
+        outcome.evaluation.get("locality_regressions"),
+        outcome.evaluation.get("near_tie_regressions"),
+    )
+    if changed and ties is not None:  # bleed or noise: what a reviewer of a locality failure asks first
+        console.print(f"{changed} unrelated answer(s) changed; {ties} of them near ties (the champion had preferred "
+                      "its own answer there by less than 2:1), the rest answers it had given with more confidence.",
+                      soft_wrap=True)  # fmt: skip
     console.print("Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate.",
                   soft_wrap=True)  # fmt: skip
     console.print("Next steps:")

@@ -77,7 +77,8 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
                     "edit_max_disturbance": settings.edit_max_disturbance,
                     "edit_neighbours": settings.edit_neighbours,
                     "edit_neighbour_weight": settings.edit_neighbour_weight,
-                    "edit_substitutes": settings.edit_substitutes})  # fmt: skip
+                    "edit_substitutes": settings.edit_substitutes,
+                    "edit_subject_free": settings.edit_subject_free})  # fmt: skip
         extracted = extract_task(settings, summary.run_id, settings.registered_model)
         summary.counts = extracted.counts
         params_task(settings, mlflow_run_id, {"flags": extracted.counts})

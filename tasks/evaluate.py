@@ -29,6 +29,9 @@ class EvaluationKeys:
     regressions: str  # CSV of locality prompts whose answer changed
 
 
+REGRESSION_COLUMNS = ("edit", "prompt", "kind", "before", "after", "champion_odds", "near_tie")
+
+
 def gate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The evaluation rows in the gate's vocabulary (edit = rewrite, paraphrase = rephrase)."""
     return [
@@ -54,10 +57,12 @@ def _first_known(*values):
     return next((value for value in values if value is not None), None)
 
 
-def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, str]]:
-    """Every locality prompt whose greedy answer changed: prompt, before, after, and the edit it sat beside."""
+def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, Any]]:
+    """Every locality prompt whose greedy answer changed: prompt, before, after, the edit it sat beside, and
+    the champion's odds where the answers part (``editing.evaluation.divergence``: near tie or knowledge)."""
     from editing.core.generate import greedy_complete
     from editing.evaluation.answers import answer_changed
+    from editing.evaluation.divergence import divergence_odds, near_tie
 
     probes = [(record.record_id, probe) for record in records for probe in record.locality]
     prompts = [probe.prompt for _, probe in probes]
@@ -65,11 +70,16 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
         return []
     before = greedy_complete(before_model, tokenizer, prompts)
     after = greedy_complete(after_model, tokenizer, prompts)
-    return [
+    changed = [
         {"edit": edit_id, "prompt": probe.prompt, "kind": probe.kind, "before": old, "after": new}
         for (edit_id, probe), old, new in zip(probes, before, after, strict=True)
         if answer_changed(old, new)
     ]
+    for row in changed:
+        odds = divergence_odds(before_model, tokenizer, row["prompt"], row["before"], row["after"])
+        row["champion_odds"] = "" if odds is None else f"{odds:.3g}"
+        row["near_tie"] = "yes" if near_tie(odds) else "no"
+    return changed
 
 
 def greedy_answers(before_model, after_model, tokenizer, records) -> dict[str, dict[str, Any]]:
@@ -161,6 +171,7 @@ def evaluate_candidate(
     regressions = locality_regressions(before.model, after.model, tokenizer, records)
     summary["locality_regressions"] = len(regressions)
     summary["same_subject_regressions"] = sum(r["kind"] == "same_subject" for r in regressions)
+    summary["near_tie_regressions"] = sum(r["near_tie"] == "yes" for r in regressions)
     progress.update(4, next="greedy answers to the prompts and paraphrases")
     answers = greedy_answers(before.model, after.model, tokenizer, records)
     progress.finish()
@@ -170,7 +181,7 @@ def evaluate_candidate(
     (out / "per_edit.json").write_text(json.dumps(rows, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "answers.json").write_text(json.dumps(answers, indent=2))
-    _write_csv(out / "locality_regressions.csv", regressions, ("edit", "prompt", "kind", "before", "after"))
+    _write_csv(out / "locality_regressions.csv", regressions, REGRESSION_COLUMNS)
     _write_csv(out / "per_edit.csv", rows, tuple(rows[0]) if rows else ("record_id",))
     _plots(rows, out)
     prefix = upload_dir(store, out, f"runs/{run_id}/evaluation")

@@ -119,6 +119,7 @@ def collect_review(settings: FixSettings, run_id: str, context: dict[str, Any]) 
             "retained_edits": summary.get("retained_edits", 0),
             "locality_regressions": summary.get("locality_regressions", 0),
             "same_subject_regressions": summary.get("same_subject_regressions", 0),
+            "near_tie_regressions": summary.get("near_tie_regressions"),
         },
         "edits": _edits(store, evaluation),
         "regressions": _regressions(store, f"{evaluation}/locality_regressions.csv"),

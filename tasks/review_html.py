@@ -71,6 +71,7 @@ def _cards(summary: dict[str, Any]) -> str:
          else f"{_number(retention)} of {summary['retained_edits']}"),
         ("locality answers changed", _number(summary.get("locality_regressions"))),
         ("of them the edited subjects' other facts", _number(summary.get("same_subject_regressions"))),
+        ("of them near ties (the champion's odds < 2:1)", _number(summary.get("near_tie_regressions"))),
     ]  # fmt: skip
     return (
         '<div class="cards">'
@@ -126,13 +127,23 @@ def _regressions(review: dict[str, Any]) -> str:
         return "<p>No locality answer changed.</p>"
     rows = "".join(
         f"<tr><td>{escape(r['prompt'])}</td><td>{escape(r.get('kind', ''))}</td><td>{escape(r['before'])}</td>"
-        f"<td>{escape(r['after'])}</td><td><code>{escape(r['edit'][:12])}</code></td></tr>"
+        f"<td>{escape(r['after'])}</td><td>{_odds(r)}</td><td><code>{escape(r['edit'][:12])}</code></td></tr>"
         for r in review["regressions"]
     )
     return (
         '<table id="regressions"><tr><th>locality prompt</th><th>kind</th><th>answer before</th>'
-        f"<th>answer after</th><th>beside edit</th></tr>{rows}</table>"
+        "<th>answer after</th><th>champion's odds where they part</th><th>beside edit</th></tr>"
+        f"{rows}</table>"
     )
+
+
+def _odds(regression: dict[str, Any]) -> str:
+    """The champion's odds for its own answer where the two answers part; near ties are marked. Runs
+    evaluated before the column existed show a dash."""
+    odds = regression.get("champion_odds") or ""
+    if not odds:
+        return "-"
+    return f"{escape(odds)}:1" + (" <b>near tie</b>" if regression.get("near_tie") == "yes" else "")
 
 
 def _plots(review: dict[str, Any]) -> str:

@@ -20,12 +20,15 @@ from editing.config import (
     RECIPE_GENERAL_TEXT_WEIGHT,
     RECIPE_LR_SCHEDULE,
 )
+from editing.mend.substitutes import SUBJECT_FREE_FILLERS
 from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")
 AGGREGATIONS = ("least_squares", "sum")
 # Same-wording neighbours per edit at edit time (see FixSettings.edit_substitutes).
 DEFAULT_EDIT_SUBSTITUTES = 8
+# Subject-free wordings per edit at edit time (see FixSettings.edit_subject_free).
+DEFAULT_EDIT_SUBJECT_FREE = 0
 # The cap on a least-squares update's disturbance (FixSettings.edit_max_disturbance): 0.00345, rounded, is
 # what the fix run's own recipe disturbs at its largest training group, 32 edits (95th percentile,
 # benchmarks/results/disturbance-fixrun-cpu.md); a night of 20 stays under it, a ledger of hundreds not.
@@ -82,6 +85,10 @@ class FixSettings:
     # 8 by default: on two demo editors it moved neighbour locality 0.925 -> 0.9496 and 0.903 -> 0.942,
     # where 16 and 32 cost paraphrase success without more locality (README).
     edit_substitutes: int
+    # Subject-free wordings (editing.mend.substitutes.subject_free_facts): per edit, its own prompt with up to
+    # 6 fillers that name nothing ("it was painted by") in the subject's place, held in place the same way,
+    # so the update rides on what is particular to the subject; 0 is off.
+    edit_subject_free: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
     # whose facts the model answers right (editing.data.protected_sources).
@@ -124,9 +131,15 @@ class FixSettings:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
                      "edit_max_disturbance",
-                     "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "same_subject_per_edit"):  # fmt: skip
+                     "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "edit_subject_free",
+                     "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.edit_subject_free > len(SUBJECT_FREE_FILLERS):
+            raise SettingsError(
+                f"edit_subject_free (MEND_EDIT_SUBJECT_FREE) is at most {len(SUBJECT_FREE_FILLERS)}, "
+                f"got {self.edit_subject_free}"
+            )
         if self.editor_lr_schedule not in LR_SCHEDULES:
             raise SettingsError(
                 f"editor_lr_schedule {self.editor_lr_schedule!r} (MEND_EDITOR_LR_SCHEDULE): one of {LR_SCHEDULES}"
@@ -175,6 +188,7 @@ class FixSettings:
             "edit_neighbour_weight": _number("MEND_EDIT_NEIGHBOUR_WEIGHT", 1.0),
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
             "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", DEFAULT_EDIT_SUBSTITUTES)),
+            "edit_subject_free": int(_number("MEND_EDIT_SUBJECT_FREE", DEFAULT_EDIT_SUBJECT_FREE)),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

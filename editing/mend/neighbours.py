@@ -39,7 +39,7 @@ from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer
 from editing.mend.protected import known_fact_batches
-from editing.mend.substitutes import SubjectPool, substitute_facts
+from editing.mend.substitutes import SUBJECT_FREE_FILLERS, SubjectPool, subject_free_facts, substitute_facts
 
 LOGGER = logging.getLogger(__name__)
 BANK_FORMAT = "mend-neighbour-bank/1"
@@ -60,16 +60,24 @@ class NeighbourSettings:
     # first answer token has at least this probability.
     substitutes: int = 0
     min_probability: float = 0.3
+    # The edit's wording about no particular subject, per edit (editing.mend.substitutes; 0: none).
+    subject_free: int = 0
 
     def __post_init__(self) -> None:
-        if self.per_edit < 0 or self.substitutes < 0 or not self.weight >= 0:
-            raise ValueError(f"neighbours: per_edit, substitutes and weight must be >= 0, got {self}")
+        if self.per_edit < 0 or self.substitutes < 0 or self.subject_free < 0 or not self.weight >= 0:
+            raise ValueError(
+                f"neighbours: per_edit, substitutes, subject_free and weight must be >= 0, got {self}"
+            )
+        if self.subject_free > len(SUBJECT_FREE_FILLERS):
+            raise ValueError(
+                f"neighbours: subject_free is at most {len(SUBJECT_FREE_FILLERS)}, got {self.subject_free}"
+            )
         if not 0.0 <= self.min_probability <= 1.0:
             raise ValueError(f"neighbours: min_probability must be in [0, 1], got {self.min_probability}")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.per_edit or self.substitutes)
+        return bool(self.per_edit or self.substitutes or self.subject_free)
 
 
 @dataclass
@@ -186,12 +194,24 @@ def _rows_of(
     return (torch.cat(fact_rows) if fact_rows else empty), (torch.cat(owners) if owners else empty)
 
 
-def _substitute_part(model, tokenizer, records, subjects: SubjectPool, settings: NeighbourSettings, scope):
-    """Per weight the keys of the records' same-wording neighbours (rows, d_in), and (rows,) the record of
-    each row; None when no record has one."""
-    wanted = substitute_facts(
-        model, tokenizer, records, subjects, settings.substitutes, min_probability=settings.min_probability
-    )
+def _substitute_part(
+    model, tokenizer, records, subjects: SubjectPool | None, settings: NeighbourSettings, scope
+):
+    """Per weight the keys of the records' same-wording neighbours and subject-free wordings (rows, d_in),
+    and (rows,) the record of each row; None when no record has one."""
+    wanted: list[list[PromptAnswer]] = [[] for _ in records]
+    if subjects is not None and settings.substitutes:
+        wanted = substitute_facts(
+            model,
+            tokenizer,
+            records,
+            subjects,
+            settings.substitutes,
+            min_probability=settings.min_probability,
+        )
+    if settings.subject_free:
+        free = subject_free_facts(model, tokenizer, records, settings.subject_free)
+        wanted = [[*same, *other] for same, other in zip(wanted, free, strict=True)]
     unique = list({fact.prompt: fact for facts in wanted for fact in facts}.values())
     if not unique:
         return None
@@ -227,7 +247,7 @@ def neighbour_rows(
         ]
         selected, owners = _rows_of(bank.row_fact, nearest)
         parts.append(({name: keys[selected] for name, keys in bank.keys.items()}, owners))
-    if subjects is not None and settings.substitutes:
+    if (subjects is not None and settings.substitutes) or settings.subject_free:
         if scope is None:
             raise ValueError("same-wording neighbours need the editor's scope to measure their keys")
         made = _substitute_part(model, tokenizer, records, subjects, settings, scope)

@@ -39,6 +39,11 @@ LOGGER = logging.getLogger(__name__)
 POOL_FORMAT = "mend-subject-pool/1"
 POOL_FILE = "subject_pool.safetensors"
 SUBSTITUTE_KIND = "substitute"
+SUBJECT_FREE_KIND = "subject_free"
+# Fillers that name nothing in particular. An edit's wording about no one ("it was painted by") carries the
+# wording's own direction in the keys, without a subject's; the model's answer there is a property of the
+# wording, so no confidence is asked of it.
+SUBJECT_FREE_FILLERS = ("it", "this", "that one", "the other one", "something else", "someone else")
 _LONGEST_SUBJECT = 8  # words: longer names are not looked for in scored prompts (and are rare)
 
 
@@ -193,4 +198,36 @@ def substitute_facts(
     for (index, prompt), (answer, probability) in zip(questions, answers, strict=True):
         if probability >= min_probability and normalise_words(answer) and len(facts[index]) < count:
             facts[index].append(PromptAnswer(prompt, answer, SUBSTITUTE_KIND))
+    return facts
+
+
+@torch.no_grad()
+def subject_free_facts(
+    model: nn.Module, tokenizer, records: Sequence[EditRecord], count: int
+) -> list[list[PromptAnswer]]:
+    """Per record, its own wording with the first ``count`` of ``SUBJECT_FREE_FILLERS`` in its subject's
+    place, each with the base ``model``'s greedy answer. As zero-shift rows they hold the wording itself in
+    place, so that an edit has to ride on what is particular to its subject: same-wording neighbours need
+    subjects of the right kind in the pool ("The Starry Night was painted by" finds no paintings among
+    CounterFact's names, and its edit moved "The Mona Lisa was painted by"); these need none."""
+    if not 0 <= count <= len(SUBJECT_FREE_FILLERS):
+        raise ValueError(
+            f"subject-free fillers: count must be in [0, {len(SUBJECT_FREE_FILLERS)}], got {count}"
+        )
+    templates = [template_of(record) for record in records]
+    asked = [
+        (index, template.format(filler))
+        for index, template in enumerate(templates)
+        if template is not None
+        for filler in SUBJECT_FREE_FILLERS[:count]
+    ]
+    facts: list[list[PromptAnswer]] = [[] for _ in records]
+    if not asked:
+        return facts
+    answers = confident_answers(
+        model, tokenizer, [prompt for _, prompt in asked], max_new_tokens=4, batch_size=64
+    )
+    for (index, prompt), (answer, _) in zip(asked, answers, strict=True):
+        if normalise_words(answer):  # a wordless answer ("...") has no tokens to hold
+            facts[index].append(PromptAnswer(prompt, answer, SUBJECT_FREE_KIND))
     return facts

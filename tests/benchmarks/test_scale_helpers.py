@@ -32,11 +32,13 @@ def test_solver_grid_cells_name_multipliers_and_optionally_neighbours():
 
     from benchmarks.solver_sweep import _grid
 
-    assert _grid("1x1,0.125x16,1x1x8x10,1x1x0x4x8") == [
-        (1.0, 1.0, 0, 0.0, 0), (0.125, 16.0, 0, 0.0, 0), (1.0, 1.0, 8, 10.0, 0), (1.0, 1.0, 0, 4.0, 8)
+    assert _grid("1x1,0.125x16,1x1x8x10,1x1x0x4x8,1x1x0x1x8x6") == [
+        (1.0, 1.0, 0, 0.0, 0, 0), (0.125, 16.0, 0, 0.0, 0, 0), (1.0, 1.0, 8, 10.0, 0, 0), (1.0, 1.0, 0, 4.0, 8, 0),
+        (1.0, 1.0, 0, 1.0, 8, 6),
     ]  # fmt: skip
-    with pytest.raises(argparse.ArgumentTypeError, match="1x2x3"):
-        _grid("1x2x3")
+    for bad in ("1x2x3", "1x1x0x1x8x6x2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=bad):
+            _grid(bad)
 
 
 def test_same_relation_batches_hold_one_relation_each():

@@ -8,9 +8,11 @@ import torch
 from editing.data.records import EditRecord
 from editing.mend.neighbours import NeighbourSettings
 from editing.mend.substitutes import (
+    SUBJECT_FREE_FILLERS,
     SubjectPool,
     SubjectPoolError,
     build_subject_pool,
+    subject_free_facts,
     substitute_facts,
     template_of,
 )
@@ -110,3 +112,45 @@ def test_substitute_settings_are_validated():
     with pytest.raises(ValueError, match="min_probability"):
         NeighbourSettings(substitutes=1, min_probability=1.5)
     assert NeighbourSettings(substitutes=2).enabled and not NeighbourSettings().enabled
+    assert NeighbourSettings(subject_free=1).enabled
+    with pytest.raises(ValueError, match="subject_free"):
+        NeighbourSettings(subject_free=len(SUBJECT_FREE_FILLERS) + 1)
+
+
+def test_subject_free_wordings_fill_the_edits_own_wording_with_fillers_that_name_nothing(tiny_llama):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    nameless = EditRecord(
+        "who", "Who wrote it?", "Tolstoy", subject="War and Peace"
+    )  # the prompt names no subject
+    facts = subject_free_facts(model, tokenizer, [IRAN, nameless, EGYPT], 2)
+    assert [fact.prompt for fact in facts[0]] == [
+        "The official language of it is",
+        "The official language of this is",
+    ]
+    assert facts[1] == []
+    assert [fact.prompt for fact in facts[2]] == [
+        "the official language of it is",
+        "the official language of this is",
+    ]
+    assert all(fact.kind == "subject_free" and fact.answer for fact in facts[0] + facts[2])
+    assert subject_free_facts(model, tokenizer, [IRAN], 0) == [[]]
+    with pytest.raises(ValueError, match="count"):
+        subject_free_facts(model, tokenizer, [IRAN], len(SUBJECT_FREE_FILLERS) + 1)
+
+
+def test_subject_free_rows_need_no_subject_pool_and_barely_move_while_the_edit_still_moves(tiny_llama):
+    editor = _ls_editor(tiny_llama)
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    guarded = editor.with_neighbours(None, NeighbourSettings(weight=1e6, subject_free=3))  # no pool, no bank
+    plain_rows, guarded_rows = (
+        editor.edit_rows(model, tokenizer, [IRAN, EGYPT]),
+        guarded.edit_rows(model, tokenizer, [IRAN, EGYPT]),
+    )
+    plain_count = plain_rows.row_record.shape[0]
+    owners = guarded_rows.row_record[plain_count:].tolist()
+    assert set(owners) == {0, 1} and owners == sorted(owners)  # each edit owns its wording's rows
+    plain, solved = editor.aggregate(plain_rows), guarded.aggregate(guarded_rows)
+    for name, delta in solved.deltas.items():
+        extra = guarded_rows.keys[name][plain_count:].double()  # (rows, d_in) the subject-free keys
+        assert _moved(delta, extra) < 0.05 * _moved(plain.deltas[name], extra), name
+        assert float(delta.norm()) > 0.0

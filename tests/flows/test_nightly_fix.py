@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -68,18 +70,33 @@ def _assert_same_subject_locality(settings, summary):
     store = open_store(settings.store_uri)
     prefix = f"runs/{summary.run_id}"
     records = [json.loads(line) for line in store.read_text(f"{prefix}/edit_dataset.jsonl").splitlines()]
-    for record in records:
-        own = [probe for probe in record["locality"] if probe["kind"] == "same_subject"]
-        assert len(own) == 2 and all(record["subject"] in probe["prompt"] for probe in own)
-        assert len(own) < len(record["locality"])  # the neighbour probes are still there
-    rows = store.read_json(f"{prefix}/evaluation/per_edit.json")
-    assert all(0.0 <= row["locality_same_subject"] <= 1.0 for row in rows)
+    own = {
+        record["subject"]: [probe for probe in record["locality"] if probe["kind"] == "same_subject"]
+        for record in records
+    }
+    # "The capital of {} is" shows a country: two of the country relations are asked of France...
+    assert len(own["France"]) == 2 and all("France" in probe["prompt"] for probe in own["France"])
+    # ...while "{} was written by" shows no kind, so no relation is asked of Harry Potter (the pool has
+    # no fact about it either): no probes, and no same-subject score, rather than nonsense questions.
+    assert own["Harry Potter"] == []
+    assert all(len(record["locality"]) > len(own[record["subject"]]) for record in records)  # neighbours stay
+    rows = {row["prompt"]: row for row in store.read_json(f"{prefix}/evaluation/per_edit.json")}
+    assert 0.0 <= rows["The capital of France is"]["locality_same_subject"] <= 1.0
+    assert rows["Harry Potter was written by"]["locality_same_subject"] is None
     gate = {item["name"]: item for item in summary.gate}
     assert (
         gate["min_locality_same_subject"]["applicable"]
         and gate["min_locality_same_subject"]["threshold"] == 0.0
     )
-    assert store.read_text(f"{prefix}/evaluation/locality_regressions.csv").startswith("edit,prompt,kind,")
+    regressions = store.read_text(f"{prefix}/evaluation/locality_regressions.csv")
+    assert regressions.startswith("edit,prompt,kind,before,after,champion_odds,near_tie")
+    changed = list(csv.DictReader(io.StringIO(regressions)))
+    for row in changed:  # each changed answer says how sure the champion was where the answers part
+        assert row["near_tie"] in ("yes", "no") and (
+            row["champion_odds"] == "" or float(row["champion_odds"]) > 0
+        )
+    evaluation = store.read_json(f"{prefix}/evaluation/summary.json")
+    assert evaluation["near_tie_regressions"] == sum(row["near_tie"] == "yes" for row in changed)
 
 
 def test_malformed_invalid_and_conflicting_flags_are_quarantined_with_reasons(make_settings):

@@ -87,6 +87,7 @@ def test_a_candidate_carries_its_review_page_and_the_terminal_shows_the_same(env
     assert "&lt;b&gt;capital&lt;/b&gt;" in html and "<b>capital</b>" not in html
     assert "<script" not in html and not re.search(r"""(src|href)=["']?https?:""", html)  # self-contained
     assert html.count("data:image/png;base64,") == 2 and len(html) < 400_000
+    assert "odds where they part" in html or "No locality answer changed" in html
 
     review = runner.invoke(app, ["review", "--version", "2"])
     assert review.exit_code == 0, review.output
@@ -115,6 +116,13 @@ def test_a_failed_gate_prints_its_verdict_and_next_steps_without_a_traceback(env
                      "review/review.html"):  # fmt: skip
         assert expected in result.output, expected
     assert "Traceback" not in result.output and "Traceback" not in capfd.readouterr().err
+    (summary_key,) = [
+        key for key in settings.open_store().list("runs/") if key.endswith("evaluation/summary.json")
+    ]
+    evaluation = settings.open_store().read_json(summary_key)
+    if evaluation["locality_regressions"]:  # the verdict says whether they were near ties or knowledge
+        told = f"{evaluation['locality_regressions']} unrelated answer(s) changed; {evaluation['near_tie_regressions']} of"
+        assert told in " ".join(result.output.split()), result.output
     assert webhook.arrived.wait(10)
     assert "gate FAILED" in webhook.bodies[-1]["subject"] and "min_" in webhook.bodies[-1]["body"]
     status = CliRunner().invoke(app, ["status"])

@@ -45,3 +45,15 @@ def test_the_disturbance_cap_is_on_by_default_read_and_checked(monkeypatch):
     assert FixSettings.from_env().edit_max_disturbance == 0
     with pytest.raises(SettingsError, match="edit_max_disturbance"):
         FixSettings.from_env(edit_max_disturbance=-0.1)
+
+
+def test_subject_free_wordings_are_read_and_bounded_by_the_fillers(monkeypatch):
+    from editing.mend.substitutes import SUBJECT_FREE_FILLERS
+    from tasks.settings import DEFAULT_EDIT_SUBJECT_FREE
+
+    assert FixSettings.from_env().edit_subject_free == DEFAULT_EDIT_SUBJECT_FREE
+    monkeypatch.setenv("MEND_EDIT_SUBJECT_FREE", "3")
+    assert FixSettings.from_env().edit_subject_free == 3
+    for bad in (-1, len(SUBJECT_FREE_FILLERS) + 1):
+        with pytest.raises(SettingsError, match="edit_subject_free"):
+            FixSettings.from_env(edit_subject_free=bad)
