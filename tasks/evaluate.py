@@ -78,7 +78,8 @@ def locality_regressions(before_model, after_model, tokenizer, records) -> list[
     for row in changed:
         odds = divergence_odds(before_model, tokenizer, row["prompt"], row["before"], row["after"])
         row["champion_odds"] = "" if odds is None else f"{odds:.3g}"
-        row["near_tie"] = "yes" if near_tie(odds) else "no"
+        # Empty where the answers do not part (one stops where the other goes on): no odds to weigh.
+        row["near_tie"] = "" if odds is None else "yes" if near_tie(odds) else "no"
     return changed
 
 

@@ -92,8 +92,8 @@ def _assert_same_subject_locality(settings, summary):
     assert regressions.startswith("edit,prompt,kind,before,after,champion_odds,near_tie")
     changed = list(csv.DictReader(io.StringIO(regressions)))
     for row in changed:  # each changed answer says how sure the champion was where the answers part
-        assert row["near_tie"] in ("yes", "no") and (
-            row["champion_odds"] == "" or float(row["champion_odds"]) > 0
+        assert (row["near_tie"], row["champion_odds"]) == ("", "") or (
+            row["near_tie"] in ("yes", "no") and float(row["champion_odds"]) > 0
         )
     evaluation = store.read_json(f"{prefix}/evaluation/summary.json")
     assert evaluation["near_tie_regressions"] == sum(row["near_tie"] == "yes" for row in changed)
