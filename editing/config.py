@@ -324,5 +324,9 @@ RECIPE_LR_SCHEDULE = "cosine"
 # strength to spare (edit 0.963, paraphrase 0.858) and neighbour locality to gain (0.940 at 10, 0.950 at
 # 20, one fresh-clone run each, README). The benchmark editors keep 10, as recorded.
 FIX_RUN_LOCALITY_WEIGHT = 2 * RECIPE_LOCALITY_WEIGHT
+# Subject-free wordings at edit time (editing.mend.substitutes.subject_free_facts): fillers that name
+# nothing, put in an edit's subject's place. Here, not there, so that settings can bound their count
+# without importing torch.
+SUBJECT_FREE_FILLERS = ("it", "this", "that one", "the other one", "something else", "someone else")
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"

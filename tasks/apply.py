@@ -54,17 +54,19 @@ def _restore_base(champion) -> LoadedModel:
 
 def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
     """The editor with neighbour protection (bank facts, same-wording neighbours, subject-free wordings)
-    from the base model, less what this store's gate scores."""
+    from the base model, less what this store's gate scores; the editor itself when all are off."""
     from editing.mend.neighbours import NeighbourSettings
     from tasks.protected import neighbour_bank_for, store_scored_prompts, subject_pool_for
 
-    scored = store_scored_prompts(settings.open_store())
-    bank = neighbour_bank_for(settings, base, scored) if settings.edit_neighbours else None
-    subjects = subject_pool_for(settings, base, scored) if settings.edit_substitutes else None
     neighbours = NeighbourSettings(
         settings.edit_neighbours, settings.edit_neighbour_weight, substitutes=settings.edit_substitutes,
         subject_free=settings.edit_subject_free,
     )  # fmt: skip
+    if not neighbours.enabled:
+        return editor
+    scored = store_scored_prompts(settings.open_store())
+    bank = neighbour_bank_for(settings, base, scored) if settings.edit_neighbours else None
+    subjects = subject_pool_for(settings, base, scored) if settings.edit_substitutes else None
     return editor.with_neighbours(bank, neighbours, subjects)
 
 
@@ -130,8 +132,7 @@ def apply_edits(
             .with_multipliers(ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier)
             .with_disturbance_cap(settings.edit_max_disturbance or math.inf, base.model)
         )
-        if settings.edit_neighbours or settings.edit_substitutes or settings.edit_subject_free:
-            editor = _with_neighbours(settings, editor, base)
+        editor = _with_neighbours(settings, editor, base)
         result, manifest, ledger_ids = _ledger_edit(
             settings, champion, editor, records, run_id, editor_uri, workspace
         )

@@ -19,8 +19,8 @@ from editing.config import (
     RECIPE_GENERAL_TEXT_EVERY,
     RECIPE_GENERAL_TEXT_WEIGHT,
     RECIPE_LR_SCHEDULE,
+    SUBJECT_FREE_FILLERS,
 )
-from editing.mend.substitutes import SUBJECT_FREE_FILLERS
 from tasks.tracking import mend_home
 
 EDITORS = ("mend", "ft-kl", "ft")

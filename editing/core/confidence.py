@@ -118,10 +118,11 @@ def _decode(
                 pad_token_id=pad_token_id(tokenizer), output_scores=True, return_dict_in_generate=True,
             )  # fmt: skip
             generated = output.sequences[:, encoded["input_ids"].shape[1] :]  # (batch, steps)
-            # The greedy token's probability at each step. (batch, steps)
+            # The greedy token's probability at each step the measure needs: the first, or all. (batch, steps)
+            needed = output.scores if confidence == FIRST_WORD else output.scores[:1]
             chosen = torch.stack([
                 torch.softmax(score.float(), dim=-1).gather(-1, generated[:, step, None]).squeeze(-1)
-                for step, score in enumerate(output.scores)
+                for step, score in enumerate(needed)
             ], dim=1)  # fmt: skip
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             for row, text in enumerate(texts):

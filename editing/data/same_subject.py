@@ -29,7 +29,7 @@ from editing.data.edit_record import PromptAnswer
 from editing.data.generator import SAME_SUBJECT_KIND
 from editing.data.locality import mentions
 from editing.data.protected_sources import normalise
-from editing.data.relation_templates import SUBJECT, RelationTemplates, load_templates
+from editing.data.relation_templates import SUBJECT, RelationTemplates, load_templates, subject_kinds
 from editing.evaluation.answers import same_answer
 
 
@@ -58,9 +58,8 @@ def edit_kinds(edit: SubjectEdit, templates: RelationTemplates) -> set[str]:
     a novel where it "lies on the continent of" gives the champion's guess, not a fact of the subject."""
     if not edit.subject or edit.subject not in edit.prompt:
         return set()
-    template = edit.prompt.replace(edit.subject, SUBJECT, 1)
-    kinds = {kind for cue in templates.cues if cue.cue in template for kind in cue.kinds}
-    wording = normalise(template)
+    kinds = set(subject_kinds([edit], templates.cues).get(edit.subject, ()))  # the generator's cue reading
+    wording = normalise(edit.prompt.replace(edit.subject, SUBJECT, 1))
     kinds.update(
         relation.subject_kind
         for relation in templates.relations

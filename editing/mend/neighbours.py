@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from editing.config import SUBJECT_FREE_FILLERS
 from editing.core.forward import eval_mode
 from editing.core.snapshot import read_base_model_file
 from editing.core.targets import EditScope
@@ -39,7 +40,7 @@ from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer
 from editing.mend.protected import known_fact_batches
-from editing.mend.substitutes import SUBJECT_FREE_FILLERS, SubjectPool, subject_free_facts, substitute_facts
+from editing.mend.substitutes import SubjectPool, subject_free_facts, substitute_facts
 
 LOGGER = logging.getLogger(__name__)
 BANK_FORMAT = "mend-neighbour-bank/1"

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from editing.config import SUBJECT_FREE_FILLERS
 from editing.core.confidence import confident_answers
 from editing.core.generate import normalise_words
 from editing.core.snapshot import read_base_model_file
@@ -39,11 +40,10 @@ LOGGER = logging.getLogger(__name__)
 POOL_FORMAT = "mend-subject-pool/1"
 POOL_FILE = "subject_pool.safetensors"
 SUBSTITUTE_KIND = "substitute"
-SUBJECT_FREE_KIND = "subject_free"
-# Fillers that name nothing in particular. An edit's wording about no one ("it was painted by") carries the
+# An edit's wording about no one ("it was painted by", fillers in ``SUBJECT_FREE_FILLERS``) carries the
 # wording's own direction in the keys, without a subject's; the model's answer there is a property of the
 # wording, so no confidence is asked of it.
-SUBJECT_FREE_FILLERS = ("it", "this", "that one", "the other one", "something else", "someone else")
+SUBJECT_FREE_KIND = "subject_free"
 _LONGEST_SUBJECT = 8  # words: longer names are not looked for in scored prompts (and are rare)
 
 
