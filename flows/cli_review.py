@@ -63,7 +63,10 @@ def print_review(review: dict[str, Any], version: str, page: str, review_page: s
     console.print(table)
     for item in review["regressions"][:5]:
         tie = " (near tie)" if item.get("near_tie") == "yes" else ""
-        console.print(f"  locality changed: {item['prompt']!r}: {item['before']!r} -> {item['after']!r}{tie}")
+        cost = f", costs the gate {item['gate_cost']}" if item.get("gate_cost") else ""
+        console.print(
+            f"  locality changed: {item['prompt']!r}: {item['before']!r} -> {item['after']!r}{tie}{cost}"
+        )
     if len(review["regressions"]) > 5:
         console.print(f"  ... and {len(review['regressions']) - 5} more on the review page")
     console.print(f"version page: {page}", soft_wrap=True)  # whole, so that it can be clicked or copied
@@ -71,6 +74,21 @@ def print_review(review: dict[str, Any], version: str, page: str, review_page: s
     if passed:
         console.print(f"approve: add the tag approved_by=<you> on the version page, then `mend promote --version {version}`; "
                       f"or `mend promote --version {version} --approve --approver <you>`")  # fmt: skip
+
+
+def _print_neighbour_cost(cost: dict | None) -> None:
+    """What the changed answers took off the neighbour locality mean, split as a gate owner weighs it."""
+    if not cost or not cost.get("total"):
+        return
+    from editing.evaluation.answers import first_clause
+
+    largest = "; ".join(
+        f"{item['prompt']!r} {first_clause(item['before'])} -> {first_clause(item['after'])} ({item['gate_cost']:.3f}"
+        + (f", odds {item['champion_odds']}:1)" if item["champion_odds"] else ")")
+        for item in cost.get("largest", [])
+    )  # fmt: skip
+    console.print(f"Neighbour locality lost {cost['total']:.3f} to changed answers: {cost['near_ties']:.3f} through "
+                  f"near ties, {cost['other']:.3f} through the others. The largest: {largest}.", soft_wrap=True)  # fmt: skip
 
 
 def print_gate_failed(outcome) -> None:
@@ -86,6 +104,7 @@ def print_gate_failed(outcome) -> None:
         console.print(f"{changed} unrelated answer(s) changed; {ties} of them near ties (the champion had preferred "
                       "its own answer there by less than 2:1), the rest answers it had given with more confidence.",
                       soft_wrap=True)  # fmt: skip
+    _print_neighbour_cost(outcome.evaluation.get("neighbour_locality_cost"))
     console.print("Nothing was registered; the champion is unchanged. This run's flags are marked failed_gate.",
                   soft_wrap=True)  # fmt: skip
     console.print("Next steps:")

@@ -60,7 +60,7 @@ def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
 
     neighbours = NeighbourSettings(
         settings.edit_neighbours, settings.edit_neighbour_weight, substitutes=settings.edit_substitutes,
-        subject_free=settings.edit_subject_free,
+        subject_free=settings.edit_subject_free, min_probability=settings.edit_substitute_min_probability,
     )  # fmt: skip
     if not neighbours.enabled:
         return editor

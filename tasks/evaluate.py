@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import task
 
+from editing.data.edit_record import SAME_SUBJECT_KINDS
 from editing.data.records import read_records, read_texts
 from editing.evaluation.evaluate import evaluate_edit, perplexity
 from tasks.models import download_dir, load_version, scratch_dir, upload_dir
@@ -29,7 +30,9 @@ class EvaluationKeys:
     regressions: str  # CSV of locality prompts whose answer changed
 
 
-REGRESSION_COLUMNS = ("edit", "prompt", "kind", "before", "after", "champion_odds", "near_tie")
+REGRESSION_COLUMNS = ("edit", "prompt", "kind", "before", "after", "champion_odds", "near_tie", "gate_cost")
+# The gate's locality columns (``gate_rows``), each judged on its mean over the records that have it.
+NEIGHBOUR_COLUMN, SAME_SUBJECT_COLUMN = "locality_unchanged", "locality_same_subject"
 
 
 def gate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,30 +60,87 @@ def _first_known(*values):
     return next((value for value in values if value is not None), None)
 
 
-def locality_regressions(before_model, after_model, tokenizer, records) -> list[dict[str, Any]]:
-    """Every locality prompt whose greedy answer changed: prompt, before, after, the edit it sat beside, and
-    the champion's odds where the answers part (``editing.evaluation.divergence``: near tie or knowledge)."""
+def locality_costs(records, probe_changes: dict[str, list[float]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (record id, probe index), how much the probe's change lowers each gate locality column's mean:
+    its changed fraction (``editing.evaluation.evaluate.probe_changes``) over the probes the record
+    counts in that column, over the records the column has (``gate_rows``: a record's neighbour probes, or
+    all its probes where it has none of them; and its same-subject probes). The costs of a column add up
+    to one minus its observed mean."""
+    counted: dict[str, list[tuple[str, list[int]]]] = {NEIGHBOUR_COLUMN: [], SAME_SUBJECT_COLUMN: []}
+    for record in records:
+        same = [i for i, probe in enumerate(record.locality) if probe.kind in SAME_SUBJECT_KINDS]
+        other = [i for i in range(len(record.locality)) if i not in same]
+        for column, chosen in ((NEIGHBOUR_COLUMN, other or same), (SAME_SUBJECT_COLUMN, same)):
+            if chosen:
+                counted[column].append((record.record_id, chosen))
+    costs: dict[tuple[str, int], dict[str, float]] = {}
+    for column, members in counted.items():
+        for record_id, chosen in members:
+            changes = probe_changes.get(record_id, [])
+            for index in chosen:
+                if index < len(changes) and changes[index] > 0:
+                    share = changes[index] / len(chosen) / len(members)
+                    costs.setdefault((record_id, index), {})[column] = share
+    return costs
+
+
+def _own_cost(costs, record_id: str, index: int, kind: str) -> float:
+    """A probe's cost in the column of its own kind (same-subject probes: the same-subject column)."""
+    column = SAME_SUBJECT_COLUMN if kind in SAME_SUBJECT_KINDS else NEIGHBOUR_COLUMN
+    return round(costs.get((record_id, index), {}).get(column, 0.0), 5)
+
+
+def locality_regressions(
+    before_model,
+    after_model,
+    tokenizer,
+    records,
+    costs: dict[tuple[str, int], dict[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every locality prompt whose greedy answer changed: prompt, before, after, the edit it sat beside,
+    the champion's odds where the answers part (``editing.evaluation.divergence``: near tie or knowledge)
+    and ``gate_cost``, what it takes off its gate column's mean (``locality_costs``; 0 where the change
+    lies past the answer the gate scores)."""
     from editing.core.generate import greedy_complete
     from editing.evaluation.answers import answer_changed
     from editing.evaluation.divergence import divergence_odds, near_tie
 
-    probes = [(record.record_id, probe) for record in records for probe in record.locality]
-    prompts = [probe.prompt for _, probe in probes]
+    probes = [
+        (record.record_id, index, probe) for record in records for index, probe in enumerate(record.locality)
+    ]
+    prompts = [probe.prompt for _, _, probe in probes]
     if not prompts:
         return []
     before = greedy_complete(before_model, tokenizer, prompts)
     after = greedy_complete(after_model, tokenizer, prompts)
     changed = [
-        {"edit": edit_id, "prompt": probe.prompt, "kind": probe.kind, "before": old, "after": new}
-        for (edit_id, probe), old, new in zip(probes, before, after, strict=True)
+        {"edit": edit_id, "prompt": probe.prompt, "kind": probe.kind, "before": old, "after": new,
+         "gate_cost": _own_cost(costs or {}, edit_id, index, probe.kind)}
+        for (edit_id, index, probe), old, new in zip(probes, before, after, strict=True)
         if answer_changed(old, new)
-    ]
+    ]  # fmt: skip
     for row in changed:
         odds = divergence_odds(before_model, tokenizer, row["prompt"], row["before"], row["after"])
         row["champion_odds"] = "" if odds is None else f"{odds:.3g}"
         # Empty where the answers do not part (one stops where the other goes on): no odds to weigh.
         row["near_tie"] = "" if odds is None else "yes" if near_tie(odds) else "no"
     return changed
+
+
+def neighbour_cost_summary(regressions: list[dict[str, Any]], costs) -> dict[str, Any]:
+    """What the changed probes take off the gate's neighbour locality (``locality_costs``): in all, through
+    near ties, and the three largest single changes."""
+    total = sum(cost.get(NEIGHBOUR_COLUMN, 0.0) for cost in costs.values())
+    neighbours = [row for row in regressions if row["gate_cost"] and row["kind"] not in SAME_SUBJECT_KINDS]
+    near = sum(row["gate_cost"] for row in neighbours if row["near_tie"] == "yes")
+    largest = sorted(neighbours, key=lambda row: row["gate_cost"], reverse=True)[:3]
+    return {
+        "total": round(total, 5),
+        "near_ties": round(near, 5),
+        "other": round(total - near, 5),
+        "largest": [{key: row[key] for key in ("prompt", "before", "after", "champion_odds", "gate_cost")}
+                    for row in largest],
+    }  # fmt: skip
 
 
 def greedy_answers(before_model, after_model, tokenizer, records) -> dict[str, dict[str, Any]]:
@@ -169,7 +229,9 @@ def evaluate_candidate(
         "edits": len(records),
     }
     progress.update(3, next="locality answers before and after")
-    regressions = locality_regressions(before.model, after.model, tokenizer, records)
+    costs = locality_costs(records, evaluation.probe_changes)
+    regressions = locality_regressions(before.model, after.model, tokenizer, records, costs)
+    summary["neighbour_locality_cost"] = neighbour_cost_summary(regressions, costs)
     summary["locality_regressions"] = len(regressions)
     summary["same_subject_regressions"] = sum(r["kind"] == "same_subject" for r in regressions)
     summary["near_tie_regressions"] = sum(r["near_tie"] == "yes" for r in regressions)

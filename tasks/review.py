@@ -51,7 +51,9 @@ def artifact_route(experiment_id: str, mlflow_run_id: str) -> str:
 
 
 def _regressions(store, key: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(store.read_text(key)))) if store.exists(key) else []
+    """The changed locality answers, those that cost the gate most first (``gate_cost``)."""
+    rows = list(csv.DictReader(io.StringIO(store.read_text(key)))) if store.exists(key) else []
+    return sorted(rows, key=lambda row: -float(row.get("gate_cost") or 0))
 
 
 def _flags_by_id(store) -> dict[str, dict[str, Any]]:

@@ -60,6 +60,17 @@ def _gate_rows(items: list[dict[str, Any]]) -> str:
     )
 
 
+def _cost_cards(cost: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What changed answers took off the neighbour locality mean, and how much of it near ties (runs
+    evaluated before the split existed have none)."""
+    if not cost:
+        return []
+    return [
+        ("neighbour locality lost to changed answers", _number(cost.get("total"))),
+        ("of it through near ties", _number(cost.get("near_ties"))),
+    ]
+
+
 def _cards(summary: dict[str, Any]) -> str:
     change = summary.get("perplexity_change")
     retention = summary.get("retention")
@@ -72,6 +83,7 @@ def _cards(summary: dict[str, Any]) -> str:
         ("locality answers changed", _number(summary.get("locality_regressions"))),
         ("of them the edited subjects' other facts", _number(summary.get("same_subject_regressions"))),
         ("of them near ties (the champion's odds < 2:1)", _number(summary.get("near_tie_regressions"))),
+        *_cost_cards(summary.get("neighbour_locality_cost")),
     ]  # fmt: skip
     return (
         '<div class="cards">'
@@ -127,14 +139,25 @@ def _regressions(review: dict[str, Any]) -> str:
         return "<p>No locality answer changed.</p>"
     rows = "".join(
         f"<tr><td>{escape(r['prompt'])}</td><td>{escape(r.get('kind', ''))}</td><td>{escape(r['before'])}</td>"
-        f"<td>{escape(r['after'])}</td><td>{_odds(r)}</td><td><code>{escape(r['edit'][:12])}</code></td></tr>"
+        f"<td>{escape(r['after'])}</td><td>{_odds(r)}</td><td>{_cost(r)}</td>"
+        f"<td><code>{escape(r['edit'][:12])}</code></td></tr>"
         for r in review["regressions"]
     )
     return (
         '<table id="regressions"><tr><th>locality prompt</th><th>kind</th><th>answer before</th>'
-        "<th>answer after</th><th>champion's odds where they part</th><th>beside edit</th></tr>"
+        "<th>answer after</th><th>champion's odds where they part</th>"
+        "<th>taken off the gate's locality mean</th><th>beside edit</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _cost(regression: dict[str, Any]) -> str:
+    """What the change takes off its gate column's mean; 0 where it lies past the answer the gate scores.
+    Runs evaluated before the column existed show a dash."""
+    cost = regression.get("gate_cost")
+    if cost in (None, ""):
+        return "-"
+    return f"{float(cost):.4f}" if float(cost) else "0"
 
 
 def _odds(regression: dict[str, Any]) -> str:

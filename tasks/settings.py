@@ -29,6 +29,8 @@ AGGREGATIONS = ("least_squares", "sum")
 DEFAULT_EDIT_SUBSTITUTES = 8
 # Subject-free wordings per edit at edit time (see FixSettings.edit_subject_free).
 DEFAULT_EDIT_SUBJECT_FREE = 0
+# How sure the base model must be of a same-wording neighbour's answer for it to be held (first token).
+DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY = 0.3
 # The cap on a least-squares update's disturbance (FixSettings.edit_max_disturbance): 0.00345, rounded, is
 # what the fix run's own recipe disturbs at its largest training group, 32 edits (95th percentile,
 # benchmarks/results/disturbance-fixrun-cpu.md); a night of 20 stays under it, a ledger of hundreds not.
@@ -85,6 +87,9 @@ class FixSettings:
     # 8 by default: on two demo editors it moved neighbour locality 0.925 -> 0.9496 and 0.903 -> 0.942,
     # where 16 and 32 cost paraphrase success without more locality (README).
     edit_substitutes: int
+    # The first-token probability a same-wording neighbour's answer needs to be held (0: every answer, the
+    # near ties too: a zero-shift row holds the layer's output there, whatever the answer is).
+    edit_substitute_min_probability: float
     # Subject-free wordings (editing.mend.substitutes.subject_free_facts): per edit, its own prompt with up to
     # 6 fillers that name nothing ("it was painted by") in the subject's place, held in place the same way,
     # so the update rides on what is particular to the subject; 0 is off.
@@ -148,6 +153,10 @@ class FixSettings:
             raise SettingsError(
                 f"editor_aggregation {self.editor_aggregation!r} (MEND_EDITOR_AGGREGATION): one of {AGGREGATIONS}"
             )
+        if not 0 <= self.edit_substitute_min_probability <= 1:
+            raise SettingsError(
+                "edit_substitute_min_probability (MEND_EDIT_SUBSTITUTE_MIN_PROBABILITY) must be in [0, 1]"
+            )
         if not 0 <= self.same_subject_min_probability <= 1:
             raise SettingsError(
                 "same_subject_min_probability (MEND_SAME_SUBJECT_MIN_PROBABILITY) must be in [0, 1]"
@@ -189,6 +198,9 @@ class FixSettings:
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
             "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", DEFAULT_EDIT_SUBSTITUTES)),
             "edit_subject_free": int(_number("MEND_EDIT_SUBJECT_FREE", DEFAULT_EDIT_SUBJECT_FREE)),
+            "edit_substitute_min_probability": _number(
+                "MEND_EDIT_SUBSTITUTE_MIN_PROBABILITY", DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY
+            ),
             "data_dir": str(_default_data_dir()),
             "protected_texts": int(_number("MEND_PROTECTED_TEXTS", 200)),
             "protected_facts": int(_number("MEND_PROTECTED_FACTS", 500)),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "edit_units",
     "evaluate_edit",
     "perplexity",
+    "probe_changes",
     "run_batch_edit",
     "run_single_edits",
     "score_records",
@@ -64,10 +65,12 @@ SCORE_COLUMNS = ("rewrite_acc", "rephrase_acc", "locality_unchanged")
 
 @dataclass
 class EditEvaluation:
-    """One row per record (plain dicts) and the means over rows."""
+    """One row per record (plain dicts) and the means over rows; ``probe_changes`` (filled by
+    ``evaluate_edit``, not serialised) gives per record id each locality probe's ``probe_changes``."""
 
     rows: list[dict[str, Any]]
     aggregates: dict[str, float | None]
+    probe_changes: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": [dict(row) for row in self.rows], "aggregates": dict(self.aggregates)}
@@ -75,6 +78,15 @@ class EditEvaluation:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> EditEvaluation:
         return cls(rows=list(raw["rows"]), aggregates=dict(raw["aggregates"]))
+
+
+def probe_changes(before: RecordScores, after: RecordScores) -> list[float]:
+    """Per locality probe (in the record's order), the fraction of its answer positions whose argmax the
+    edit changed: what each probe takes off the record's ``locality_unchanged``, times its probe count."""
+    return [
+        float((old.predictions != new.predictions).double().mean()) if len(old.predictions) else 0.0
+        for old, new in zip(before.locality, after.locality, strict=True)
+    ]
 
 
 def _locality_metrics(before: list[QueryScore], after: list[QueryScore]) -> dict[str, float | None]:
@@ -164,12 +176,14 @@ def evaluate_edit(
     batch_size: int = 16,
 ) -> EditEvaluation:
     """Compare two models (e.g. a base model and an edited copy) on ``records``."""
-    rows = []
+    rows, changes = [], {}
     for chunk in _chunks(records, batch_size):
         before = score_records(model_before, tokenizer, chunk, batch_size=batch_size)
         after = score_records(model_after, tokenizer, chunk, batch_size=batch_size)
-        rows.extend(compare_scores(r, b, a, tokenizer) for r, b, a in zip(chunk, before, after, strict=True))
-    return EditEvaluation(rows, aggregate(rows))
+        for record, old, new in zip(chunk, before, after, strict=True):
+            rows.append(compare_scores(record, old, new, tokenizer))
+            changes[record.record_id] = probe_changes(old, new)
+    return EditEvaluation(rows, aggregate(rows), changes)
 
 
 def edit_units(records: Sequence[EditRecord]) -> list[list[int]]:

@@ -22,6 +22,7 @@ from editing.evaluation.evaluate import (
     compare_scores,
     evaluate_edit,
     perplexity,
+    probe_changes,
     run_batch_edit,
     run_single_edits,
     score_records,
@@ -182,6 +183,38 @@ def test_locality_is_averaged_per_probe(tiny_llama):
     assert row["locality_kl"] == pytest.approx((0.5 * math.log(4 / 3) / 2 + 0.0) / 2, abs=1e-6)
     assert row["locality_drawdown"] == pytest.approx((0.5 + 0.0) / 2)
     assert row["rewrite_acc"] == 1.0 and row["rewrite_exact"] is True and row["pre_rewrite_acc"] == 0.0
+
+
+def test_probe_changes_are_what_each_probe_takes_off_locality(tiny_llama):
+    """Per probe, the changed fraction of its positions; their mean is one minus the record's locality."""
+
+    def query(accuracy, predictions):
+        uniform = torch.full((len(predictions), 2), math.log(0.5))  # (tokens, vocab) log-probabilities
+        return QueryScore(accuracy, accuracy == 1.0, torch.tensor(predictions), uniform)
+
+    before = RecordScores(
+        rewrite=QueryScore(0.0, False, torch.tensor([5])),
+        locality=[query(1.0, [1, 2, 3, 4]), query(1.0, [3])],
+    )
+    after = RecordScores(
+        rewrite=QueryScore(1.0, True, torch.tensor([6])),
+        locality=[query(0.5, [1, 0, 3, 0]), query(1.0, [3])],
+    )
+    changes = probe_changes(before, after)
+    assert changes == [0.5, 0.0]
+    row = compare_scores(RECORDS[1], before, after, tiny_llama.tokenizer)
+    assert row["locality_unchanged"] == pytest.approx(1 - sum(changes) / len(changes))
+
+
+def test_evaluate_edit_keeps_each_probes_change(tiny_model):
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    unchanged = evaluate_edit(model, model, tokenizer, RECORDS)
+    assert unchanged.probe_changes == {"france": [0.0], "potter": [0.0, 0.0], "bare": []}
+    after_model = edited_copy(model, NoiseEditor(scale=2.0).edit(model, tokenizer, RECORDS))
+    evaluation = evaluate_edit(model, after_model, tokenizer, RECORDS)
+    for row in evaluation.rows[:2]:
+        changes = evaluation.probe_changes[row["record_id"]]
+        assert row["locality_unchanged"] == pytest.approx(1 - sum(changes) / len(changes))
 
 
 def test_aggregates_skip_missing_values():

@@ -89,7 +89,7 @@ def _assert_same_subject_locality(settings, summary):
         and gate["min_locality_same_subject"]["threshold"] == 0.0
     )
     regressions = store.read_text(f"{prefix}/evaluation/locality_regressions.csv")
-    assert regressions.startswith("edit,prompt,kind,before,after,champion_odds,near_tie")
+    assert regressions.startswith("edit,prompt,kind,before,after,champion_odds,near_tie,gate_cost")
     changed = list(csv.DictReader(io.StringIO(regressions)))
     for row in changed:  # each changed answer says how sure the champion was where the answers part
         assert (row["near_tie"], row["champion_odds"]) == ("", "") or (
@@ -97,6 +97,11 @@ def _assert_same_subject_locality(settings, summary):
         )
     evaluation = store.read_json(f"{prefix}/evaluation/summary.json")
     assert evaluation["near_tie_regressions"] == sum(row["near_tie"] == "yes" for row in changed)
+    # What the changed answers took off the neighbour column is exactly what the gate saw missing.
+    cost = evaluation["neighbour_locality_cost"]
+    assert cost["total"] == pytest.approx(1 - gate["min_locality_unchanged"]["observed"], abs=1e-4)
+    assert cost["near_ties"] + cost["other"] == pytest.approx(cost["total"], abs=1e-4)
+    assert all(float(row["gate_cost"]) >= 0 for row in changed)
 
 
 def test_malformed_invalid_and_conflicting_flags_are_quarantined_with_reasons(make_settings):

@@ -123,6 +123,10 @@ def test_a_failed_gate_prints_its_verdict_and_next_steps_without_a_traceback(env
     if evaluation["locality_regressions"]:  # the verdict says whether they were near ties or knowledge
         told = f"{evaluation['locality_regressions']} unrelated answer(s) changed; {evaluation['near_tie_regressions']} of"
         assert told in " ".join(result.output.split()), result.output
+    cost = evaluation["neighbour_locality_cost"]  # and what they cost the neighbour column, near ties apart
+    assert cost["total"] > 0, "the strict fine-tuning edit should move a neighbour probe"
+    lost = f"Neighbour locality lost {cost['total']:.3f} to changed answers: {cost['near_ties']:.3f} through near ties"
+    assert lost in " ".join(result.output.split()), result.output
     assert webhook.arrived.wait(10)
     assert "gate FAILED" in webhook.bodies[-1]["subject"] and "min_" in webhook.bodies[-1]["body"]
     status = CliRunner().invoke(app, ["status"])

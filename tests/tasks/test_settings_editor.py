@@ -57,3 +57,14 @@ def test_subject_free_wordings_are_read_and_bounded_by_the_fillers(monkeypatch):
     for bad in (-1, len(SUBJECT_FREE_FILLERS) + 1):
         with pytest.raises(SettingsError, match="edit_subject_free"):
             FixSettings.from_env(edit_subject_free=bad)
+
+
+def test_same_wording_neighbour_confidence_is_read_and_bounded(monkeypatch):
+    from tasks.settings import DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY
+
+    assert FixSettings.from_env().edit_substitute_min_probability == DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY
+    monkeypatch.setenv("MEND_EDIT_SUBSTITUTE_MIN_PROBABILITY", "0")
+    assert FixSettings.from_env().edit_substitute_min_probability == 0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(SettingsError, match="edit_substitute_min_probability"):
+            FixSettings.from_env(edit_substitute_min_probability=bad)
