@@ -78,7 +78,7 @@ def _fix(overrides: dict[str, Any] | None) -> FixSummary:
                     "edit_neighbours": settings.edit_neighbours,
                     "edit_neighbour_weight": settings.edit_neighbour_weight,
                     "edit_substitutes": settings.edit_substitutes,
-                    "edit_subject_free": settings.edit_subject_free,
+                    "edit_subject_free": settings.edit_subject_free, "edit_siblings": settings.edit_siblings,
                     "edit_substitute_min_probability": settings.edit_substitute_min_probability})  # fmt: skip
         extracted = extract_task(settings, summary.run_id, settings.registered_model)
         summary.counts = extracted.counts

@@ -53,20 +53,23 @@ def _restore_base(champion) -> LoadedModel:
 
 
 def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
-    """The editor with neighbour protection (bank facts, same-wording neighbours, subject-free wordings)
-    from the base model, less what this store's gate scores; the editor itself when all are off."""
+    """The editor with neighbour protection (bank facts, same-wording neighbours, subject-free wordings,
+    siblings) from the base model, less what this store's gate scores; the editor itself when all are off."""
     from editing.mend.neighbours import NeighbourSettings
     from tasks.protected import neighbour_bank_for, store_scored_prompts, subject_pool_for
 
     neighbours = NeighbourSettings(
         settings.edit_neighbours, settings.edit_neighbour_weight, substitutes=settings.edit_substitutes,
         subject_free=settings.edit_subject_free, min_probability=settings.edit_substitute_min_probability,
+        siblings=settings.edit_siblings,
     )  # fmt: skip
     if not neighbours.enabled:
         return editor
     scored = store_scored_prompts(settings.open_store())
     bank = neighbour_bank_for(settings, base, scored) if settings.edit_neighbours else None
-    subjects = subject_pool_for(settings, base, scored) if settings.edit_substitutes else None
+    # The pool also names what siblings may not use (what the gate scores), so siblings need it too.
+    wanted = settings.edit_substitutes or settings.edit_siblings
+    subjects = subject_pool_for(settings, base, scored) if wanted else None
     return editor.with_neighbours(bank, neighbours, subjects)
 
 

@@ -29,6 +29,8 @@ AGGREGATIONS = ("least_squares", "sum")
 DEFAULT_EDIT_SUBSTITUTES = 8
 # Subject-free wordings per edit at edit time (see FixSettings.edit_subject_free).
 DEFAULT_EDIT_SUBJECT_FREE = 0
+# Sibling subjects per edit at edit time (see FixSettings.edit_siblings).
+DEFAULT_EDIT_SIBLINGS = 0
 # How sure the base model must be of a same-wording neighbour's answer for it to be held (first token).
 DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY = 0.3
 # The cap on a least-squares update's disturbance (FixSettings.edit_max_disturbance): 0.00345, rounded, is
@@ -94,6 +96,10 @@ class FixSettings:
     # 6 fillers that name nothing ("it was painted by") in the subject's place, held in place the same way,
     # so the update rides on what is particular to the subject; 0 is off.
     edit_subject_free: int
+    # Sibling subjects (editing.mend.siblings): per edit, its own prompt with up to this many words the base
+    # model itself puts in place of the subject's last word ("the planet closest to the Earth"), held in
+    # place the same way, at the same-wording neighbours' confidence; 0 is off.
+    edit_siblings: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records
     # whose facts the model answers right (editing.data.protected_sources).
@@ -136,7 +142,7 @@ class FixSettings:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("editor_locality_weight", "editor_general_text_weight", "edit_protect_multiplier",
                      "edit_max_disturbance",
-                     "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "edit_subject_free",
+                     "edit_neighbours", "edit_neighbour_weight", "edit_substitutes", "edit_subject_free", "edit_siblings",
                      "same_subject_per_edit"):  # fmt: skip
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -198,6 +204,7 @@ class FixSettings:
             "neighbour_bank_records": int(_number("MEND_NEIGHBOUR_BANK_RECORDS", 3000)),
             "edit_substitutes": int(_number("MEND_EDIT_SUBSTITUTES", DEFAULT_EDIT_SUBSTITUTES)),
             "edit_subject_free": int(_number("MEND_EDIT_SUBJECT_FREE", DEFAULT_EDIT_SUBJECT_FREE)),
+            "edit_siblings": int(_number("MEND_EDIT_SIBLINGS", DEFAULT_EDIT_SIBLINGS)),
             "edit_substitute_min_probability": _number(
                 "MEND_EDIT_SUBSTITUTE_MIN_PROBABILITY", DEFAULT_EDIT_SUBSTITUTE_MIN_PROBABILITY
             ),

@@ -40,6 +40,7 @@ from editing.data.locality import mentions, prompt_embeddings
 from editing.data.protected_sources import normalise
 from editing.data.records import EditRecord, PromptAnswer
 from editing.mend.protected import known_fact_batches
+from editing.mend.siblings import sibling_facts
 from editing.mend.substitutes import SubjectPool, subject_free_facts, substitute_facts
 
 LOGGER = logging.getLogger(__name__)
@@ -63,11 +64,15 @@ class NeighbourSettings:
     min_probability: float = 0.3
     # The edit's wording about no particular subject, per edit (editing.mend.substitutes; 0: none).
     subject_free: int = 0
+    # The edit's wording about subjects the base model itself puts in place of the subject's last word,
+    # per edit (editing.mend.siblings; 0: none), whatever the model answers there.
+    siblings: int = 0
 
     def __post_init__(self) -> None:
-        if self.per_edit < 0 or self.substitutes < 0 or self.subject_free < 0 or not self.weight >= 0:
+        counts = (self.per_edit, self.substitutes, self.subject_free, self.siblings)
+        if min(counts) < 0 or not self.weight >= 0:
             raise ValueError(
-                f"neighbours: per_edit, substitutes, subject_free and weight must be >= 0, got {self}"
+                f"neighbours: per_edit, substitutes, subject_free, siblings and weight must be >= 0, got {self}"
             )
         if self.subject_free > len(SUBJECT_FREE_FILLERS):
             raise ValueError(
@@ -78,7 +83,7 @@ class NeighbourSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.per_edit or self.substitutes or self.subject_free)
+        return bool(self.per_edit or self.substitutes or self.subject_free or self.siblings)
 
 
 @dataclass
@@ -198,8 +203,8 @@ def _rows_of(
 def _substitute_part(
     model, tokenizer, records, subjects: SubjectPool | None, settings: NeighbourSettings, scope
 ):
-    """Per weight the keys of the records' same-wording neighbours and subject-free wordings (rows, d_in),
-    and (rows,) the record of each row; None when no record has one."""
+    """Per weight the keys of the records' same-wording neighbours, subject-free wordings and sibling
+    subjects (rows, d_in), and (rows,) the record of each row; None when no record has one."""
     wanted: list[list[PromptAnswer]] = [[] for _ in records]
     if subjects is not None and settings.substitutes:
         wanted = substitute_facts(
@@ -210,9 +215,14 @@ def _substitute_part(
             settings.substitutes,
             min_probability=settings.min_probability,
         )
+    extra = []
     if settings.subject_free:
-        free = subject_free_facts(model, tokenizer, records, settings.subject_free)
-        wanted = [[*same, *other] for same, other in zip(wanted, free, strict=True)]
+        extra.append(subject_free_facts(model, tokenizer, records, settings.subject_free))
+    if settings.siblings:
+        excluded = subjects.excluded_names if subjects is not None else frozenset()
+        extra.append(sibling_facts(model, tokenizer, records, settings.siblings, excluded=excluded))
+    for facts in extra:
+        wanted = [[*same, *other] for same, other in zip(wanted, facts, strict=True)]
     unique = list({fact.prompt: fact for facts in wanted for fact in facts}.values())
     if not unique:
         return None
@@ -248,7 +258,7 @@ def neighbour_rows(
         ]
         selected, owners = _rows_of(bank.row_fact, nearest)
         parts.append(({name: keys[selected] for name, keys in bank.keys.items()}, owners))
-    if (subjects is not None and settings.substitutes) or settings.subject_free:
+    if (subjects is not None and settings.substitutes) or settings.subject_free or settings.siblings:
         if scope is None:
             raise ValueError("same-wording neighbours need the editor's scope to measure their keys")
         made = _substitute_part(model, tokenizer, records, subjects, settings, scope)

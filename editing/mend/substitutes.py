@@ -62,21 +62,18 @@ class SubjectPool:
     subjects: tuple[str, ...]
     embeddings: torch.Tensor
     base_fingerprint: str
+    # Names (normalised words) that ``without_mentioned`` took out: no neighbour made elsewhere may use
+    # them either (editing.mend.siblings).
+    excluded_names: frozenset[str] = frozenset()
 
     def without_mentioned(self, prompts: Iterable[str]) -> SubjectPool:
         """The pool less every subject named (as whole words) in one of ``prompts``."""
-        named: set[str] = set()
-        for prompt in prompts:
-            words = normalise_words(prompt)
-            for size in range(1, _LONGEST_SUBJECT + 1):
-                for start in range(len(words) - size + 1):
-                    phrase = " ".join(words[start : start + size])
-                    # A possessive loses its apostrophe ("Germany's" -> "germanys"): name both readings.
-                    named.update((phrase, phrase.removesuffix("s")))
+        named = mentioned_names(prompts)
         keep = [i for i, subject in enumerate(self.subjects) if _name(subject) not in named]
         return SubjectPool(
-            tuple(self.subjects[i] for i in keep), self.embeddings[keep], self.base_fingerprint
-        )
+            tuple(self.subjects[i] for i in keep), self.embeddings[keep], self.base_fingerprint,
+            self.excluded_names | named,
+        )  # fmt: skip
 
     def nearest(self, embedding: torch.Tensor, count: int, exclude: set[str]) -> list[str]:
         """Up to ``count`` subjects nearest to ``embedding`` (hidden,), none whose name is in ``exclude``."""
@@ -105,6 +102,20 @@ class SubjectPool:
         if embeddings.shape[0] != len(subjects):
             raise SubjectPoolError(f"{path}: {embeddings.shape[0]} embeddings for {len(subjects)} subjects")
         return cls(subjects, embeddings, base_fingerprint)
+
+
+def mentioned_names(prompts: Iterable[str]) -> frozenset[str]:
+    """Every phrase of up to ``_LONGEST_SUBJECT`` words in ``prompts``, as normalised words: the names
+    they may mention."""
+    named: set[str] = set()
+    for prompt in prompts:
+        words = normalise_words(prompt)
+        for size in range(1, _LONGEST_SUBJECT + 1):
+            for start in range(len(words) - size + 1):
+                phrase = " ".join(words[start : start + size])
+                # A possessive loses its apostrophe ("Germany's" -> "germanys"): name both readings.
+                named.update((phrase, phrase.removesuffix("s")))
+    return frozenset(named)
 
 
 def candidate_subjects(data_dir: str | Path) -> list[str]:
@@ -191,13 +202,28 @@ def substitute_facts(
     for index, embedding in zip(named, embeddings, strict=True):
         for subject in pool.nearest(embedding, count * candidates_per_fact, busy):
             questions.append((index, templates[index].format(subject)))
+    return answered_facts(model, tokenizer, questions, facts, count, SUBSTITUTE_KIND, min_probability)
+
+
+def answered_facts(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[tuple[int, str]],
+    facts: list[list[PromptAnswer]],
+    count: int,
+    kind: str,
+    min_probability: float,
+) -> list[list[PromptAnswer]]:
+    """``facts`` with each (record index, prompt) of ``questions``, in order, added to its record's list
+    as a fact of ``kind`` with the base ``model``'s greedy answer, while the list is shorter than
+    ``count`` and where the answer has words and a first-token probability of ``min_probability``."""
     answers = confident_answers(
         model, tokenizer, [prompt for _, prompt in questions], max_new_tokens=4, batch_size=64,
         min_probability=min_probability,
     )  # fmt: skip
     for (index, prompt), (answer, probability) in zip(questions, answers, strict=True):
         if probability >= min_probability and normalise_words(answer) and len(facts[index]) < count:
-            facts[index].append(PromptAnswer(prompt, answer, SUBSTITUTE_KIND))
+            facts[index].append(PromptAnswer(prompt, answer, kind))
     return facts
 
 

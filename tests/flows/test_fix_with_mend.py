@@ -48,6 +48,7 @@ def test_first_mend_fix_trains_and_registers_the_editor_and_the_next_reuses_it(m
     assert fix_params["edit_substitutes"] == "8"  # same-wording neighbours are on by default
     assert fix_params["edit_subject_free"] == str(settings.edit_subject_free)
     assert float(fix_params["edit_substitute_min_probability"]) == settings.edit_substitute_min_probability
+    assert fix_params["edit_siblings"] == str(settings.edit_siblings)
     assert float(fix_params["edit_max_disturbance"]) == settings.edit_max_disturbance > 0  # so is the cap
     # The update's diagnostics sit beside the candidate and in the run: each weight's disturbance vs the cap.
     from tasks.apply import update_key

@@ -68,3 +68,13 @@ def test_same_wording_neighbour_confidence_is_read_and_bounded(monkeypatch):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(SettingsError, match="edit_substitute_min_probability"):
             FixSettings.from_env(edit_substitute_min_probability=bad)
+
+
+def test_sibling_subjects_are_read_and_must_not_be_negative(monkeypatch):
+    from tasks.settings import DEFAULT_EDIT_SIBLINGS
+
+    assert FixSettings.from_env().edit_siblings == DEFAULT_EDIT_SIBLINGS == 0
+    monkeypatch.setenv("MEND_EDIT_SIBLINGS", "3")
+    assert FixSettings.from_env().edit_siblings == 3
+    with pytest.raises(SettingsError, match="edit_siblings"):
+        FixSettings.from_env(edit_siblings=-1)
