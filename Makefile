@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup model browser lint test test-fast run run-night2 eval-baseline benchmark bench-scale bench-solver \
-	bench-disturbance bench-neighbours bench-transfer bench-generator bench-train-speed clean services-up services-down run-services
+	bench-disturbance bench-neighbours bench-gate-noise bench-transfer bench-generator bench-train-speed clean services-up services-down run-services
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ NEIGHBOUR_GRID ?= 1x1,1x1x0x1x8,1x1x0x4x8,1x1x0x1x16,1x1x0x16x16
 bench-neighbours: model
 	$(BIN)/python -m benchmarks.solver_sweep --tag neighbours-$(or $(TAG),cpu) --same-relation --batch-sizes 16 \
 		--grid $(NEIGHBOUR_GRID) $(NEIGHBOUR_ARGS)
+# What an unrelated night costs the last fix run's locality probes (benchmarks/gate_noise.py): after
+# `make run`, placebo nights of 20 CounterFact train edits by the same editor, scored as the gate scores.
+bench-gate-noise: model
+	$(BIN)/python -m benchmarks.gate_noise --tag $(or $(TAG),demo)
 
 # The editor recipe's training throughput (benchmarks/train_speed.py): its first 100 steps from a cold
 # prefix cache, and the post-edit pass by length against one padded batch on 32 steps, alternated.

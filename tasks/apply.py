@@ -52,6 +52,17 @@ def _restore_base(champion) -> LoadedModel:
     return replace(champion.loaded, fingerprint=champion.metadata.base_fingerprint)
 
 
+def fix_run_editor(settings: FixSettings, base: LoadedModel, editor_dir):
+    """The MEND editor in ``editor_dir`` as a fix run edits with it: the edit-time multipliers, the
+    disturbance cap and neighbour protection of ``settings``, on the ``base`` model."""
+    editor = (
+        build_editor("mend", base, editor_path=editor_dir)
+        .with_multipliers(ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier)
+        .with_disturbance_cap(settings.edit_max_disturbance or math.inf, base.model)
+    )
+    return _with_neighbours(settings, editor, base)
+
+
 def _with_neighbours(settings: FixSettings, editor, base: LoadedModel):
     """The editor with neighbour protection (bank facts, same-wording neighbours, subject-free wordings,
     siblings) from the base model, less what this store's gate scores; the editor itself when all are off."""
@@ -130,12 +141,7 @@ def apply_edits(
     manifest, ledger_ids = None, [*champion.metadata.ledger_flag_ids, *flag_ids]
     if settings.editor == "mend":
         base = _restore_base(champion)
-        editor = (
-            build_editor("mend", base, editor_path=editor_dir)
-            .with_multipliers(ridge=settings.edit_ridge_multiplier, protect=settings.edit_protect_multiplier)
-            .with_disturbance_cap(settings.edit_max_disturbance or math.inf, base.model)
-        )
-        editor = _with_neighbours(settings, editor, base)
+        editor = fix_run_editor(settings, base, editor_dir)
         result, manifest, ledger_ids = _ledger_edit(
             settings, champion, editor, records, run_id, editor_uri, workspace
         )
