@@ -35,9 +35,9 @@ def last_fix_run(settings) -> tuple[str, str]:
     """(store run id, MLflow run id) of the newest fix run tracked in ``settings``' MLflow."""
     import mlflow
 
-    from tasks.tracking import DEFAULT_EXPERIMENT
+    from tasks.tracking import DEFAULT_EXPERIMENT, configure_tracking
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    configure_tracking(settings.tracking_uri)  # None: the local SQLite of MEND_HOME, as the demo's
     experiment = mlflow.get_experiment_by_name(DEFAULT_EXPERIMENT)
     runs = [] if experiment is None else mlflow.MlflowClient().search_runs(
         [experiment.experiment_id], "attributes.run_name LIKE 'fix-%'", order_by=["attributes.start_time DESC"],
