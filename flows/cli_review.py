@@ -84,6 +84,7 @@ def _print_neighbour_cost(cost: dict | None) -> None:
 
     largest = "; ".join(
         f"{item['prompt']!r} {first_clause(item['before'])} -> {first_clause(item['after'])} ({item['gate_cost']:.3f}"
+        + (f" over {item['edits']} edits" if item.get("edits", 1) > 1 else "")
         + (f", odds {item['champion_odds']}:1)" if item["champion_odds"] else ")")
         for item in cost.get("largest", [])
     )  # fmt: skip

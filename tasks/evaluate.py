@@ -129,18 +129,21 @@ def locality_regressions(
 
 def neighbour_cost_summary(regressions: list[dict[str, Any]], costs) -> dict[str, Any]:
     """What the changed probes take off the gate's neighbour locality (``locality_costs``): in all, through
-    near ties, and the three largest single changes."""
+    near ties, and the three costliest changes, each summed over the edits it was a probe of."""
     total = sum(cost.get(NEIGHBOUR_COLUMN, 0.0) for cost in costs.values())
     neighbours = [row for row in regressions if row["gate_cost"] and row["kind"] not in SAME_SUBJECT_KINDS]
-    near = sum(row["gate_cost"] for row in neighbours if row["near_tie"] == "yes")
-    largest = sorted(neighbours, key=lambda row: row["gate_cost"], reverse=True)[:3]
-    return {
-        "total": round(total, 5),
-        "near_ties": round(near, 5),
-        "other": round(total - near, 5),
-        "largest": [{key: row[key] for key in ("prompt", "before", "after", "champion_odds", "gate_cost")}
-                    for row in largest],
-    }  # fmt: skip
+    # Rows carry rounded costs: their sum may pass the exact total by a rounding step.
+    near = min(sum(row["gate_cost"] for row in neighbours if row["near_tie"] == "yes"), total)
+    changes: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in neighbours:  # one pool prompt may be a probe of several edits
+        change = changes.setdefault((row["prompt"], row["before"], row["after"]), {
+            **{key: row[key] for key in ("prompt", "before", "after", "champion_odds")}, "gate_cost": 0.0, "edits": 0,
+        })  # fmt: skip
+        change["gate_cost"] = round(change["gate_cost"] + row["gate_cost"], 5)
+        change["edits"] += 1
+    largest = sorted(changes.values(), key=lambda change: change["gate_cost"], reverse=True)[:3]
+    return {"total": round(total, 5), "near_ties": round(near, 5), "other": round(total - near, 5),
+            "largest": largest}  # fmt: skip
 
 
 def greedy_answers(before_model, after_model, tokenizer, records) -> dict[str, dict[str, Any]]:

@@ -86,6 +86,16 @@ def test_the_summary_splits_near_ties_from_the_rest():
         "The capital of Spain is",
         "The capital of Italy is",
     ]
+    # One pool prompt beside two edits is one change, its costs summed; rounded row costs never make the
+    # near ties exceed the total.
+    twice = [regressions[1], {**regressions[1], "edit": "c"}]
+    costs = {("b", 0): {NEIGHBOUR_COLUMN: 0.01}, ("c", 0): {NEIGHBOUR_COLUMN: 0.01}}
+    (change,) = neighbour_cost_summary(twice, costs)["largest"]
+    assert change["gate_cost"] == pytest.approx(0.02) and change["edits"] == 2
+    tipped = [{**regressions[0], "gate_cost": 0.00417}, {**regressions[0], "gate_cost": 0.00417}]
+    exact = {("a", 0): {NEIGHBOUR_COLUMN: 0.0041666}, ("b", 0): {NEIGHBOUR_COLUMN: 0.0041666}}
+    split = neighbour_cost_summary(tipped, exact)
+    assert split["near_ties"] == split["total"] and split["other"] == 0.0
 
 
 def test_the_review_lists_the_costliest_changes_first_and_shows_the_near_tie_share(tmp_path):
