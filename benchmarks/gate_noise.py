@@ -8,7 +8,8 @@ editor, with the fix run's edit-time settings, applies ``--edits`` CounterFact *
 editor trained on and nothing scores (from ``--first-record`` on; any naming a subject the run's prompts
 mention is skipped), and the run's own records are scored against that placebo candidate exactly as the
 gate scores them: the neighbour column, what changed answers took off it (``tasks.evaluate.locality_costs``)
-and how much of that were near ties. Writes ``benchmarks/results/gate-noise-<tag>.json`` and ``.md``.
+and how much of that were near ties. Writes ``benchmarks/results/gate-noise-<tag>.json``, ``.md`` and
+``.png``; ``--from-json`` writes the Markdown and plot of an earlier result again.
 """
 
 from __future__ import annotations
@@ -142,6 +143,33 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict, path: Path) -> None:
+    """Per night, the neighbour column as observed, its loss split into near ties and the rest, and the
+    gate's line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    own = result["own_night"]
+    nights = ([("own edits", own["neighbour_locality"], own["lost"])] if own.get("lost") else []) + [
+        (f"placebo {night['seed']}", night["neighbour_locality"], night["lost"]) for night in result["nights"]
+    ]
+    names = [name for name, _, _ in nights]
+    observed = [value for _, value, _ in nights]
+    near = [lost["near_ties"] for _, _, lost in nights]
+    other = [lost["other"] for _, _, lost in nights]
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    axis.bar(names, observed, color="tab:green", label="neighbour locality")
+    axis.bar(names, near, bottom=observed, color="tab:orange", label="lost: near ties")
+    axis.bar(names, other, bottom=[o + n for o, n in zip(observed, near, strict=True)], color="tab:red",
+             label="lost: the others")  # fmt: skip
+    axis.axhline(0.95, color="black", linestyle="--", linewidth=1, label="gate (0.95)")
+    axis.set_ylim(0.8, 1.0), axis.legend(fontsize=7, loc="lower right")
+    axis.set_title(f"fix run {result['fix_run'][:8]}: its own night and unrelated ones", fontsize=9)
+    figure.tight_layout(), figure.savefig(path, dpi=110), plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,13 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--first-record", type=int, default=5_000, help="past every editor's training records"
     )
+    parser.add_argument("--from-json", type=Path, help="write the Markdown and plot of a result file again")
     args = parser.parse_args(argv)
     configure_logging()
-    result = run(args)
+    result = json.loads(args.from_json.read_text()) if args.from_json else run(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"gate-noise-{args.tag}.json").write_text(json.dumps(result, indent=2, default=float))
     (out / f"gate-noise-{args.tag}.md").write_text(markdown(result))
+    plot(result, out / f"gate-noise-{args.tag}.png")
     print(markdown(result))
 
 
