@@ -50,13 +50,28 @@ def sibling_stem(record: EditRecord) -> tuple[str, str, str] | None:
     return (stem, leading, last) if stem else None
 
 
+def token_text(tokenizer, previous: int, token: int) -> str:
+    """The text ``token`` adds after the token ``previous``, its leading space included. Decoded alone, a
+    SentencePiece token drops the space its "▁" stands for ("▁Earth" -> "Earth"); decoded after another
+    token it keeps it, as a byte-level one ("ĠEarth") always does."""
+    alone = tokenizer.decode([previous])
+    both = tokenizer.decode([previous, token])
+    return both[len(alone) :] if both.startswith(alone) else tokenizer.decode([token])
+
+
+def _last_tokens(tokenizer, prompts: Sequence[str]) -> list[int]:
+    return [tokenizer(prompt)["input_ids"][-1] for prompt in prompts]
+
+
 def _next_words(model, tokenizer, stems: Sequence[str], count: int) -> list[list[str]]:
     """Per stem, up to ``count`` of its likeliest next tokens that are a space and one word, likeliest
     first."""
     words: list[list[str]] = []
+    previous = iter(_last_tokens(tokenizer, stems))
     for logits in next_token_logits(model, tokenizer, stems, batch_size=32, fast=False):
         for row in logits.topk(count * 8, dim=-1).indices.tolist():
-            texts = [tokenizer.decode([token]) for token in row]
+            last = next(previous)
+            texts = [token_text(tokenizer, last, token) for token in row]
             words.append([text[1:] for text in texts if _WHOLE_WORD.match(text)][:count])
     return words
 
@@ -66,10 +81,11 @@ def _closes(model, tokenizer, prompts: Sequence[str], resumes: Sequence[str]) ->
     a line break, or the word its template resumes with (``resumes``). "The capital of Portugal" goes on
     with "is"; "The capital of New" with "York", so "New" is no sibling."""
     closed: list[bool] = []
+    previous = _last_tokens(tokenizer, prompts)
     batches = next_token_logits(model, tokenizer, prompts, batch_size=32, fast=False)
     for start, logits in zip(range(0, len(prompts), 32), batches, strict=True):
         for offset, token in enumerate(logits.argmax(-1).tolist()):
-            text = tokenizer.decode([token])
+            text = token_text(tokenizer, previous[start + offset], token)
             word = text.strip()
             resumed = text[:1].isspace() and word.casefold() == resumes[start + offset].casefold()
             # A clause mark closes a subject too ("The theory of evolution, ..."); an apostrophe does

@@ -96,3 +96,14 @@ def test_the_real_model_offers_the_planets_siblings():
         loaded.model, loaded.tokenizer, [PLANET], 8, excluded=frozenset({"the planet closest to the earth"})
     )
     assert "The planet closest to the Earth is" not in [fact.prompt for fact in kept]
+
+
+def test_a_next_token_keeps_its_leading_space_in_either_tokenizer_style(tiny_model):
+    """SentencePiece drops a lone token's "▁" when decoding it alone; byte-level BPE keeps its "Ġ"."""
+    from editing.mend.siblings import token_text
+
+    tokenizer = tiny_model.tokenizer
+    ids = tokenizer("The capital")["input_ids"]
+    the, capital = ids[-2], ids[-1]  # "▁The" "▁capital", or "The" "Ġcapital"
+    assert tokenizer.decode([capital]).strip() == "capital"
+    assert token_text(tokenizer, the, capital) == " capital"
