@@ -53,11 +53,11 @@ def last_fix_run(settings) -> tuple[str, str]:
 def placebo_records(data_dir: Path, first: int, count: int, mentioned: frozenset[str], seed: int):
     """``count`` CounterFact train records from ``first`` on, drawn with ``seed``, none whose subject the
     fix run's prompts mention."""
-    from editing.core.generate import normalise_words
     from editing.data.records import read_records
+    from editing.mend.substitutes import subject_name
 
     records = read_records(data_dir / TRAIN_FILE).records[first:]
-    usable = [r for r in records if r.subject and " ".join(normalise_words(r.subject)) not in mentioned]
+    usable = [r for r in records if r.subject and subject_name(r.subject) not in mentioned]
     return random.Random(seed).sample(usable, count)
 
 

@@ -98,7 +98,7 @@ class FixSettings:
     edit_subject_free: int
     # Sibling subjects (editing.mend.siblings): per edit, its own prompt with up to this many words the base
     # model itself puts in place of the subject's last word ("the planet closest to the Earth"), held in
-    # place the same way, at the same-wording neighbours' confidence; 0 is off.
+    # place the same way, whatever the model answers there; 0 is off.
     edit_siblings: int
     data_dir: str  # the public editing benchmarks (CounterFact for training, ME-PPL for perplexity)
     # Protected keys of the base model (least squares): general texts and CounterFact edit-split records

@@ -205,24 +205,16 @@ def _substitute_part(
 ):
     """Per weight the keys of the records' same-wording neighbours, subject-free wordings and sibling
     subjects (rows, d_in), and (rows,) the record of each row; None when no record has one."""
-    wanted: list[list[PromptAnswer]] = [[] for _ in records]
+    kinds: list[list[list[PromptAnswer]]] = []  # per kind of neighbour, per record, its facts
     if subjects is not None and settings.substitutes:
-        wanted = substitute_facts(
-            model,
-            tokenizer,
-            records,
-            subjects,
-            settings.substitutes,
-            min_probability=settings.min_probability,
-        )
-    extra = []
+        kinds.append(substitute_facts(model, tokenizer, records, subjects, settings.substitutes,
+                                      min_probability=settings.min_probability))  # fmt: skip
     if settings.subject_free:
-        extra.append(subject_free_facts(model, tokenizer, records, settings.subject_free))
+        kinds.append(subject_free_facts(model, tokenizer, records, settings.subject_free))
     if settings.siblings:
         excluded = subjects.excluded_names if subjects is not None else frozenset()
-        extra.append(sibling_facts(model, tokenizer, records, settings.siblings, excluded=excluded))
-    for facts in extra:
-        wanted = [[*same, *other] for same, other in zip(wanted, facts, strict=True)]
+        kinds.append(sibling_facts(model, tokenizer, records, settings.siblings, excluded=excluded))
+    wanted = [[fact for facts in kinds for fact in facts[index]] for index in range(len(records))]
     unique = list({fact.prompt: fact for facts in wanted for fact in facts}.values())
     if not unique:
         return None

@@ -23,17 +23,12 @@ import torch
 from torch import nn
 
 from editing.core.confidence import next_token_logits
-from editing.core.generate import normalise_words
 from editing.data.records import EditRecord, PromptAnswer
-from editing.mend.substitutes import answered_facts, template_of
+from editing.mend.substitutes import answered_facts, subject_name, template_of
 
 SIBLING_KIND = "sibling"
 _WHOLE_WORD = re.compile(r"^ [^\W\d_][\w-]{2,}$")  # a token that is a space and a word of 3+ letters
 CANDIDATES_PER_SIBLING = 4  # next words looked at per sibling wanted
-
-
-def _name(text: str) -> str:
-    return " ".join(normalise_words(text))
 
 
 def sibling_stem(record: EditRecord) -> tuple[str, str, str] | None:
@@ -100,7 +95,7 @@ def sibling_prompts(
     """(record index, prompt) for each of ``words[index]`` (next words after the record's stem) that can
     stand for the subject's last word: written with the same case, and naming neither a subject of
     ``records`` nor a name in ``excluded``."""
-    busy = {_name(record.subject) for record in records if record.subject} | set(excluded)
+    busy = {subject_name(record.subject) for record in records if record.subject} | set(excluded)
     asked: list[tuple[int, str]] = []
     for index, candidates in words.items():
         stem = sibling_stem(records[index])
@@ -109,7 +104,7 @@ def sibling_prompts(
         _, leading, last = stem
         for word in candidates:
             sibling = leading + word
-            if word[:1].isupper() == last[:1].isupper() and _name(sibling) not in busy:
+            if word[:1].isupper() == last[:1].isupper() and subject_name(sibling) not in busy:
                 asked.append((index, template_of(records[index]).format(sibling)))
     return asked
 

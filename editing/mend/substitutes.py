@@ -51,7 +51,8 @@ class SubjectPoolError(ValueError):
     """A subject pool is malformed or belongs to another base model."""
 
 
-def _name(text: str) -> str:
+def subject_name(text: str) -> str:
+    """A name as the pool, the exclusions and the siblings compare it: its normalised words."""
     return " ".join(normalise_words(text))
 
 
@@ -69,7 +70,7 @@ class SubjectPool:
     def without_mentioned(self, prompts: Iterable[str]) -> SubjectPool:
         """The pool less every subject named (as whole words) in one of ``prompts``."""
         named = mentioned_names(prompts)
-        keep = [i for i, subject in enumerate(self.subjects) if _name(subject) not in named]
+        keep = [i for i, subject in enumerate(self.subjects) if subject_name(subject) not in named]
         return SubjectPool(
             tuple(self.subjects[i] for i in keep), self.embeddings[keep], self.base_fingerprint,
             self.excluded_names | named,
@@ -80,7 +81,7 @@ class SubjectPool:
         order = torch.argsort(self.embeddings @ embedding, descending=True).tolist()
         chosen: list[str] = []
         for index in order:
-            if _name(self.subjects[index]) not in exclude:
+            if subject_name(self.subjects[index]) not in exclude:
                 chosen.append(self.subjects[index])
                 if len(chosen) == count:
                     break
@@ -141,8 +142,8 @@ def build_subject_pool(
     ``on_progress(done, total)`` as they are embedded."""
     first_spelling: dict[str, str] = {}
     for subject in subjects:
-        if _name(subject):
-            first_spelling.setdefault(_name(subject), subject.strip())
+        if subject_name(subject):
+            first_spelling.setdefault(subject_name(subject), subject.strip())
     unique = list(first_spelling.values())
     # Names are a few tokens long: large batches keep the per-call overhead of 30 blocks small.
     embeddings = prompt_embeddings(model, tokenizer, unique, batch_size=256, on_progress=on_progress)
@@ -191,7 +192,7 @@ def substitute_facts(
     """Per record, up to ``count`` facts in its own wording about the pool's nearest subjects that the
     base ``model`` answers with a first-token probability of at least ``min_probability``. No subject
     of any of ``records`` is used: one edit must not hold another's subject in place."""
-    busy = {_name(r.subject) for r in records if r.subject}
+    busy = {subject_name(r.subject) for r in records if r.subject}
     templates = [template_of(record) for record in records]
     named = [i for i, template in enumerate(templates) if template is not None]
     facts: list[list[PromptAnswer]] = [[] for _ in records]
@@ -247,13 +248,6 @@ def subject_free_facts(
         if template is not None
         for filler in SUBJECT_FREE_FILLERS[:count]
     ]
+    # Every answer with words counts (no confidence asked); a wordless one ("...") has no tokens to hold.
     facts: list[list[PromptAnswer]] = [[] for _ in records]
-    if not asked:
-        return facts
-    answers = confident_answers(
-        model, tokenizer, [prompt for _, prompt in asked], max_new_tokens=4, batch_size=64
-    )
-    for (index, prompt), (answer, _) in zip(asked, answers, strict=True):
-        if normalise_words(answer):  # a wordless answer ("...") has no tokens to hold
-            facts[index].append(PromptAnswer(prompt, answer, SUBJECT_FREE_KIND))
-    return facts
+    return answered_facts(model, tokenizer, asked, facts, count, SUBJECT_FREE_KIND, min_probability=0.0)
